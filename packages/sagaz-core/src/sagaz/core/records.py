@@ -1,0 +1,335 @@
+"""What storage records about sagas: transitions, saga and step records, trigger events.
+
+The engine describes every change as a :class:`Transition`; each storage backend
+applies transitions the same way (see :func:`apply_transition`), so a saga's record
+and its history read back identically from every backend.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sagaz.core.status import SagaStatus, StepStatus
+
+__all__ = [
+    "HistoryEntry",
+    "NewSaga",
+    "SagaQuery",
+    "SagaRecord",
+    "StepRecord",
+    "Transition",
+    "TransitionKind",
+    "TriggerEvent",
+    "apply_transition",
+    "iso",
+]
+
+
+def iso(ts: float | None) -> str | None:
+    """Render an epoch timestamp as an ISO-8601 UTC string (None stays None)."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+class TransitionKind(StrEnum):
+    """Every kind of change the engine records, in the order a saga can go through them."""
+
+    SAGA_STARTED = "saga_started"
+    SAGA_RESUMED = "saga_resumed"
+    STEP_STARTED = "step_started"
+    STEP_COMPLETED = "step_completed"
+    STEP_FAILED = "step_failed"
+    STEP_CANCELLED = "step_cancelled"
+    SAGA_COMPENSATING = "saga_compensating"
+    COMPENSATION_STARTED = "compensation_started"
+    COMPENSATION_COMPLETED = "compensation_completed"
+    COMPENSATION_FAILED = "compensation_failed"
+    SAGA_COMPLETED = "saga_completed"
+    SAGA_COMPENSATED = "saga_compensated"
+    SAGA_FAILED = "saga_failed"
+
+
+_SAGA_STATUS: dict[TransitionKind, SagaStatus] = {
+    TransitionKind.SAGA_STARTED: SagaStatus.RUNNING,
+    TransitionKind.SAGA_RESUMED: SagaStatus.RUNNING,
+    TransitionKind.SAGA_COMPENSATING: SagaStatus.COMPENSATING,
+    TransitionKind.SAGA_COMPLETED: SagaStatus.COMPLETED,
+    TransitionKind.SAGA_COMPENSATED: SagaStatus.COMPENSATED,
+    TransitionKind.SAGA_FAILED: SagaStatus.FAILED,
+}
+
+_STEP_STATUS: dict[TransitionKind, StepStatus] = {
+    TransitionKind.STEP_STARTED: StepStatus.RUNNING,
+    TransitionKind.STEP_COMPLETED: StepStatus.COMPLETED,
+    TransitionKind.STEP_FAILED: StepStatus.FAILED,
+    TransitionKind.STEP_CANCELLED: StepStatus.CANCELLED,
+    TransitionKind.COMPENSATION_STARTED: StepStatus.COMPENSATING,
+    TransitionKind.COMPENSATION_COMPLETED: StepStatus.COMPENSATED,
+    TransitionKind.COMPENSATION_FAILED: StepStatus.COMPENSATION_FAILED,
+}
+
+
+@dataclass(slots=True)
+class Transition:
+    """One recorded change of a saga or one of its steps.
+
+    ``step`` names the step for step and compensation transitions (and the failed step
+    for SAGA_COMPENSATING / SAGA_FAILED); ``attempt`` is 1-based; ``result`` is what a
+    completed step returned; ``error`` is ``"ExceptionType: message"``.
+    """
+
+    kind: TransitionKind
+    step: str | None = None
+    attempt: int = 0
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    at: float = field(default_factory=time.time)
+
+    @property
+    def saga_status(self) -> SagaStatus | None:
+        """The saga status this transition moves the saga to, if any."""
+        return _SAGA_STATUS.get(self.kind)
+
+    @property
+    def step_status(self) -> StepStatus | None:
+        """The step status this transition moves its step to, if any."""
+        return _STEP_STATUS.get(self.kind)
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """The recorded state of one step of one saga execution."""
+
+    name: str
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    compensation_attempts: int = 0
+    compensation_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view of the step."""
+        return {
+            "name": self.name,
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "result": self.result,
+            "error": self.error,
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "compensation_attempts": self.compensation_attempts,
+            "compensation_error": self.compensation_error,
+        }
+
+
+@dataclass(slots=True)
+class HistoryEntry:
+    """One line of a saga's append-only history."""
+
+    seq: int
+    at: float
+    kind: TransitionKind
+    step: str | None = None
+    attempt: int = 0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view of the entry."""
+        return {
+            "seq": self.seq,
+            "at": iso(self.at),
+            "kind": self.kind.value,
+            "step": self.step,
+            "attempt": self.attempt,
+            "error": self.error,
+        }
+
+
+@dataclass(slots=True)
+class NewSaga:
+    """What is written when a saga is first recorded."""
+
+    saga_id: str
+    saga_name: str
+    context: dict[str, Any]
+    status: SagaStatus = SagaStatus.PENDING
+    correlation_id: str | None = None
+    idempotency_key: str | None = None
+    created_at: float = field(default_factory=time.time)
+
+
+@dataclass(slots=True)
+class SagaRecord:
+    """Everything storage knows about one saga execution."""
+
+    saga_id: str
+    saga_name: str
+    status: SagaStatus
+    context: dict[str, Any]
+    correlation_id: str | None = None
+    idempotency_key: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    error: str | None = None
+    failed_step: str | None = None
+    recoveries: int = 0
+    steps: dict[str, StepRecord] = field(default_factory=dict)
+    history: list[HistoryEntry] = field(default_factory=list)
+
+    @property
+    def completed_steps(self) -> list[str]:
+        """Steps whose action completed (including ones compensated since), in start order."""
+        done = {StepStatus.COMPLETED, StepStatus.COMPENSATING, StepStatus.COMPENSATED,
+                StepStatus.COMPENSATION_FAILED}
+        return [s.name for s in self._by_start() if s.status in done]
+
+    @property
+    def compensated_steps(self) -> list[str]:
+        """Steps whose compensation completed, in the order they were compensated."""
+        comp = [s for s in self.steps.values() if s.status is StepStatus.COMPENSATED]
+        comp.sort(key=lambda s: s.finished_at or 0.0)
+        return [s.name for s in comp]
+
+    def _by_start(self) -> list[StepRecord]:
+        return sorted(self.steps.values(), key=lambda s: s.started_at or 0.0)
+
+    @classmethod
+    def from_new(cls, new: NewSaga) -> SagaRecord:
+        """The record of a saga that has just been created."""
+        return cls(
+            saga_id=new.saga_id,
+            saga_name=new.saga_name,
+            status=new.status,
+            context=dict(new.context),
+            correlation_id=new.correlation_id,
+            idempotency_key=new.idempotency_key,
+            created_at=new.created_at,
+            updated_at=new.created_at,
+        )
+
+    def to_dict(self, *, include_context: bool = True, include_history: bool = True) -> dict[str, Any]:
+        """A JSON-ready view of the saga (the body of the status routes)."""
+        data: dict[str, Any] = {
+            "saga_id": self.saga_id,
+            "saga_name": self.saga_name,
+            "state": self.status.value,
+            "correlation_id": self.correlation_id,
+            "idempotency_key": self.idempotency_key,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "completed_steps": self.completed_steps,
+            "compensated_steps": self.compensated_steps,
+            "failed_step": self.failed_step,
+            "error": self.error,
+            "steps": [s.to_dict() for s in self._by_start()],
+        }
+        if include_context:
+            data["context"] = self.context
+        if include_history:
+            data["history"] = [h.to_dict() for h in self.history]
+        return data
+
+
+def apply_transition(record: SagaRecord, t: Transition) -> None:
+    """Apply one transition to an in-memory record (the rule every backend follows)."""
+    record.updated_at = t.at
+    status = _SAGA_STATUS.get(t.kind)
+    if status is not None:
+        record.status = status
+        if t.kind is TransitionKind.SAGA_RESUMED:
+            record.recoveries += 1
+        if t.error is not None:
+            # A saga that fails while compensating keeps both errors visible.
+            record.error = t.error if record.error is None else f"{record.error}; {t.error}"
+        if t.step is not None and record.failed_step is None:
+            record.failed_step = t.step
+        return
+    step_status = _STEP_STATUS.get(t.kind)
+    if step_status is None or t.step is None:  # pragma: no cover - every kind maps
+        return
+    step = record.steps.get(t.step)
+    if step is None:
+        step = record.steps[t.step] = StepRecord(name=t.step)
+    step.status = step_status
+    kind = t.kind
+    if kind is TransitionKind.STEP_STARTED:
+        step.attempts = t.attempt
+        if step.started_at is None:
+            step.started_at = t.at
+    elif kind is TransitionKind.STEP_COMPLETED:
+        step.result = t.result
+        step.error = None
+        step.finished_at = t.at
+    elif kind is TransitionKind.STEP_FAILED or kind is TransitionKind.STEP_CANCELLED:
+        step.error = t.error
+        step.finished_at = t.at
+    elif kind is TransitionKind.COMPENSATION_STARTED:
+        step.compensation_attempts = t.attempt
+    elif kind is TransitionKind.COMPENSATION_COMPLETED:
+        step.compensation_error = None
+        step.finished_at = t.at
+    else:  # COMPENSATION_FAILED
+        step.compensation_error = t.error
+        step.finished_at = t.at
+
+
+@dataclass(frozen=True, slots=True)
+class SagaQuery:
+    """A filter for listing sagas; every field is optional."""
+
+    status: SagaStatus | Sequence[SagaStatus] | None = None
+    saga_name: str | None = None
+    correlation_id: str | None = None
+    created_after: float | None = None
+    created_before: float | None = None
+    limit: int = 100
+    offset: int = 0
+
+    @property
+    def statuses(self) -> tuple[SagaStatus, ...]:
+        """The status filter as a tuple (empty when no status filter is set)."""
+        if self.status is None:
+            return ()
+        if isinstance(self.status, SagaStatus):
+            return (self.status,)
+        return tuple(self.status)
+
+    def matches(self, record: SagaRecord) -> bool:
+        """Whether ``record`` passes the filter (used by in-process backends)."""
+        statuses = self.statuses
+        return (
+            (not statuses or record.status in statuses)
+            and (self.saga_name is None or record.saga_name == self.saga_name)
+            and (self.correlation_id is None or record.correlation_id == self.correlation_id)
+            and (self.created_after is None or record.created_at >= self.created_after)
+            and (self.created_before is None or record.created_at < self.created_before)
+        )
+
+
+@dataclass(slots=True)
+class TriggerEvent:
+    """An event fired at a source, and the sagas it started."""
+
+    event_id: str
+    source: str
+    payload: Mapping[str, Any]
+    correlation_id: str | None = None
+    saga_ids: list[str] = field(default_factory=list)
+    created_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view of the event."""
+        return {
+            "event_id": self.event_id,
+            "source": self.source,
+            "correlation_id": self.correlation_id,
+            "saga_ids": list(self.saga_ids),
+            "created_at": iso(self.created_at),
+        }
