@@ -1,5 +1,120 @@
-"""Sagaz core: the saga engine, storage, triggers and context (filled in as modules land)."""
+"""Sagaz core: durable saga orchestration.
 
+Everything public is importable from here::
+
+    from sagaz.core import Saga, action, compensate, trigger, fire_event, SagaConfig
+"""
+
+from __future__ import annotations
+
+from sagaz.core._compat import check_no_legacy_sagaz
 from sagaz.core._version import __version__
 
-__all__ = ["__version__"]
+check_no_legacy_sagaz()
+
+from sagaz.core.config import (  # noqa: E402
+    ENVIRONMENT_VARIABLES,
+    FailurePolicy,
+    SagaConfig,
+    configure,
+    get_config,
+)
+from sagaz.core.context import (  # noqa: E402
+    CORRELATION_ID_HEADER,
+    SagaContextManager,
+    correlation_id_from_header,
+    current_correlation_id,
+    generate_correlation_id,
+    is_valid_correlation_id,
+)
+from sagaz.core.definition import SagaDefinition, StepDefinition  # noqa: E402
+from sagaz.core.diagrams import to_mermaid  # noqa: E402
+from sagaz.core.engine import StepInfo, current_step  # noqa: E402
+from sagaz.core.errors import (  # noqa: E402
+    ConfigurationError,
+    ContextNotSerializableError,
+    SagaDefinitionError,
+    SagaError,
+    SagaNotFoundError,
+    SagaTimeoutError,
+    StepTimeoutError,
+    StorageError,
+    TriggerPayloadError,
+    UnknownSagaError,
+    UnknownSourceError,
+)
+from sagaz.core.listeners import LoggingListener, SagaListener, SagaListenerEvent  # noqa: E402
+from sagaz.core.records import (  # noqa: E402
+    HistoryEntry,
+    SagaQuery,
+    SagaRecord,
+    StepRecord,
+    TransitionKind,
+    TriggerEvent,
+)
+from sagaz.core.registry import import_saga_modules, registry  # noqa: E402
+from sagaz.core.result import SagaResult  # noqa: E402
+from sagaz.core.retry import RetryPolicy  # noqa: E402
+from sagaz.core.runner import InProcessRunner, get_runner, resume_saga, start_saga  # noqa: E402
+from sagaz.core.saga import Saga, action, compensate  # noqa: E402
+from sagaz.core.status import SagaStatus, StepStatus  # noqa: E402
+from sagaz.core.storage import InMemorySagaStorage, SagaStorage, storage_from_url  # noqa: E402
+from sagaz.core.triggers import FireResult, fire_event, trigger  # noqa: E402
+
+__all__ = [
+    "CORRELATION_ID_HEADER",
+    "ENVIRONMENT_VARIABLES",
+    "ConfigurationError",
+    "ContextNotSerializableError",
+    "FailurePolicy",
+    "FireResult",
+    "HistoryEntry",
+    "InMemorySagaStorage",
+    "InProcessRunner",
+    "LoggingListener",
+    "RetryPolicy",
+    "Saga",
+    "SagaConfig",
+    "SagaContextManager",
+    "SagaDefinition",
+    "SagaDefinitionError",
+    "SagaError",
+    "SagaListener",
+    "SagaListenerEvent",
+    "SagaNotFoundError",
+    "SagaQuery",
+    "SagaRecord",
+    "SagaResult",
+    "SagaStatus",
+    "SagaStorage",
+    "SagaTimeoutError",
+    "StepDefinition",
+    "StepInfo",
+    "StepRecord",
+    "StepStatus",
+    "StepTimeoutError",
+    "StorageError",
+    "TransitionKind",
+    "TriggerEvent",
+    "TriggerPayloadError",
+    "UnknownSagaError",
+    "UnknownSourceError",
+    "__version__",
+    "action",
+    "compensate",
+    "configure",
+    "correlation_id_from_header",
+    "current_correlation_id",
+    "current_step",
+    "fire_event",
+    "generate_correlation_id",
+    "get_config",
+    "get_runner",
+    "import_saga_modules",
+    "is_valid_correlation_id",
+    "registry",
+    "resume_saga",
+    "start_saga",
+    "to_mermaid",
+    "trigger",
+]

@@ -39,7 +39,7 @@ class TransitionKind(StrEnum):
     """Every kind of change the engine records, in the order a saga can go through them."""
 
     SAGA_STARTED = "saga_started"
-    SAGA_RESUMED = "saga_resumed"
+    SAGA_RESUMED = "saga_resumed"  # a recovery: counts, keeps the status
     STEP_STARTED = "step_started"
     STEP_COMPLETED = "step_completed"
     STEP_FAILED = "step_failed"
@@ -55,7 +55,6 @@ class TransitionKind(StrEnum):
 
 _SAGA_STATUS: dict[TransitionKind, SagaStatus] = {
     TransitionKind.SAGA_STARTED: SagaStatus.RUNNING,
-    TransitionKind.SAGA_RESUMED: SagaStatus.RUNNING,
     TransitionKind.SAGA_COMPENSATING: SagaStatus.COMPENSATING,
     TransitionKind.SAGA_COMPLETED: SagaStatus.COMPLETED,
     TransitionKind.SAGA_COMPENSATED: SagaStatus.COMPENSATED,
@@ -186,8 +185,12 @@ class SagaRecord:
     @property
     def completed_steps(self) -> list[str]:
         """Steps whose action completed (including ones compensated since), in start order."""
-        done = {StepStatus.COMPLETED, StepStatus.COMPENSATING, StepStatus.COMPENSATED,
-                StepStatus.COMPENSATION_FAILED}
+        done = {
+            StepStatus.COMPLETED,
+            StepStatus.COMPENSATING,
+            StepStatus.COMPENSATED,
+            StepStatus.COMPENSATION_FAILED,
+        }
         return [s.name for s in self._by_start() if s.status in done]
 
     @property
@@ -214,7 +217,9 @@ class SagaRecord:
             updated_at=new.created_at,
         )
 
-    def to_dict(self, *, include_context: bool = True, include_history: bool = True) -> dict[str, Any]:
+    def to_dict(
+        self, *, include_context: bool = True, include_history: bool = True
+    ) -> dict[str, Any]:
         """A JSON-ready view of the saga (the body of the status routes)."""
         data: dict[str, Any] = {
             "saga_id": self.saga_id,
@@ -240,11 +245,13 @@ class SagaRecord:
 def apply_transition(record: SagaRecord, t: Transition) -> None:
     """Apply one transition to an in-memory record (the rule every backend follows)."""
     record.updated_at = t.at
+    if t.kind is TransitionKind.SAGA_RESUMED:
+        # A recovery: the status stays what it was (RUNNING or COMPENSATING).
+        record.recoveries += 1
+        return
     status = _SAGA_STATUS.get(t.kind)
     if status is not None:
         record.status = status
-        if t.kind is TransitionKind.SAGA_RESUMED:
-            record.recoveries += 1
         if t.error is not None:
             # A saga that fails while compensating keeps both errors visible.
             record.error = t.error if record.error is None else f"{record.error}; {t.error}"

@@ -1,0 +1,150 @@
+"""Configuration: where sagas are stored and the defaults every saga inherits."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from sagaz.core.errors import ConfigurationError
+from sagaz.core.listeners import SagaListener
+from sagaz.core.retry import RetryPolicy
+from sagaz.core.storage import SagaStorage, storage_from_url
+
+__all__ = ["ENVIRONMENT_VARIABLES", "FailurePolicy", "SagaConfig", "configure", "get_config"]
+
+_T = TypeVar("_T")
+
+
+class FailurePolicy(StrEnum):
+    """What happens to steps still running on parallel branches when one step fails.
+
+    ``FAIL_FAST`` cancels them, then compensates what completed; ``WAIT_ALL`` lets
+    them finish (starting nothing new), then compensates everything that completed.
+    """
+
+    FAIL_FAST = "fail_fast"
+    WAIT_ALL = "wait_all"
+
+
+#: The environment variables :meth:`SagaConfig.from_env` reads, with what each sets.
+ENVIRONMENT_VARIABLES: Mapping[str, str] = {
+    "SAGAZ_STORAGE_URL": "storage URL: memory://, sqlite:///path.db or postgresql://...",
+    "SAGAZ_MAX_PARALLEL": "most steps of one saga running at once (integer >= 1)",
+    "SAGAZ_STEP_TIMEOUT": "default timeout of a step or compensation in seconds",
+    "SAGAZ_SAGA_TIMEOUT": "default timeout of a whole saga in seconds",
+    "SAGAZ_RETRY_ATTEMPTS": "default attempts per step, the first included (integer >= 1)",
+    "SAGAZ_FAILURE_POLICY": "fail_fast or wait_all",
+}
+
+
+class SagaConfig:
+    """Where sagas are stored and the defaults a saga uses where it sets nothing.
+
+    ``storage`` (an instance) wins over ``storage_url``. ``retry`` is the default step
+    retry policy; ``compensation_retry`` the default for compensations (three attempts:
+    undoing matters more than failing fast). Timeouts are in seconds (None: no limit).
+    """
+
+    def __init__(
+        self,
+        *,
+        storage_url: str = "memory://",
+        storage: SagaStorage | None = None,
+        retry: RetryPolicy | None = None,
+        compensation_retry: RetryPolicy | None = None,
+        step_timeout: float | None = None,
+        saga_timeout: float | None = None,
+        max_parallel: int = 10,
+        failure_policy: FailurePolicy | str = FailurePolicy.FAIL_FAST,
+        listeners: Iterable[SagaListener] = (),
+    ) -> None:
+        if max_parallel < 1:
+            raise ConfigurationError(f"max_parallel must be >= 1, got {max_parallel}")
+        for name, value in (("step_timeout", step_timeout), ("saga_timeout", saga_timeout)):
+            if value is not None and value <= 0:
+                raise ConfigurationError(f"{name} must be > 0 seconds or None, got {value}")
+        try:
+            self.failure_policy = FailurePolicy(failure_policy)
+        except ValueError:
+            raise ConfigurationError(
+                f"failure_policy {failure_policy!r} is not one of "
+                f"{', '.join(p.value for p in FailurePolicy)}"
+            ) from None
+        self.storage_url = storage_url
+        self.storage: SagaStorage = (
+            storage if storage is not None else storage_from_url(storage_url)
+        )
+        self.retry = retry or RetryPolicy()
+        self.compensation_retry = compensation_retry or RetryPolicy(max_attempts=3)
+        self.step_timeout = step_timeout
+        self.saga_timeout = saga_timeout
+        self.max_parallel = max_parallel
+        self.listeners: list[SagaListener] = list(listeners)
+
+    def __repr__(self) -> str:
+        return (
+            f"SagaConfig(storage={type(self.storage).__name__}, max_parallel={self.max_parallel}, "
+            f"failure_policy={self.failure_policy.value!r})"
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> SagaConfig:
+        """A config from ``SAGAZ_*`` variables (see :data:`ENVIRONMENT_VARIABLES`).
+
+        Keyword ``overrides`` win over the environment. A malformed value raises
+        :class:`~sagaz.core.errors.ConfigurationError` naming the variable.
+        """
+        env = os.environ if env is None else env
+        kwargs: dict[str, Any] = {}
+        if "SAGAZ_STORAGE_URL" in env:
+            kwargs["storage_url"] = env["SAGAZ_STORAGE_URL"]
+        if "SAGAZ_MAX_PARALLEL" in env:
+            kwargs["max_parallel"] = _parse(env, "SAGAZ_MAX_PARALLEL", int)
+        if "SAGAZ_STEP_TIMEOUT" in env:
+            kwargs["step_timeout"] = _parse(env, "SAGAZ_STEP_TIMEOUT", float)
+        if "SAGAZ_SAGA_TIMEOUT" in env:
+            kwargs["saga_timeout"] = _parse(env, "SAGAZ_SAGA_TIMEOUT", float)
+        if "SAGAZ_RETRY_ATTEMPTS" in env:
+            attempts = _parse(env, "SAGAZ_RETRY_ATTEMPTS", int)
+            if attempts < 1:
+                raise ConfigurationError(f"SAGAZ_RETRY_ATTEMPTS must be >= 1, got {attempts}")
+            kwargs["retry"] = RetryPolicy(max_attempts=attempts)
+        if "SAGAZ_FAILURE_POLICY" in env:
+            kwargs["failure_policy"] = env["SAGAZ_FAILURE_POLICY"].strip().lower()
+        kwargs.update(overrides)
+        try:
+            return cls(**kwargs)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{exc} (from the SAGAZ_* environment)") from None
+
+
+def _parse(env: Mapping[str, str], name: str, kind: Callable[[str], _T]) -> _T:
+    try:
+        return kind(env[name])
+    except ValueError:
+        raise ConfigurationError(
+            f"environment variable {name}={env[name]!r} is not a valid "
+            f"{getattr(kind, '__name__', 'value')}: {ENVIRONMENT_VARIABLES[name]}"
+        ) from None
+
+
+_global_config: SagaConfig | None = None
+
+
+def configure(config: SagaConfig | None = None, **kwargs: Any) -> SagaConfig:
+    """Set the process-wide default config (from an instance or SagaConfig keywords)."""
+    global _global_config
+    if config is not None and kwargs:
+        raise TypeError("configure() takes a SagaConfig or keyword arguments, not both")
+    _global_config = config if config is not None else SagaConfig(**kwargs)
+    return _global_config
+
+
+def get_config() -> SagaConfig:
+    """The process-wide default config; created from the environment on first use."""
+    global _global_config
+    if _global_config is None:
+        _global_config = SagaConfig.from_env()
+    return _global_config
