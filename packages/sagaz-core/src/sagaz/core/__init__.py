@@ -115,6 +115,7 @@ __all__ = [
     "registry",
     "resume_saga",
     "start_saga",
+    "storage_from_url",
     "to_mermaid",
     "trigger",
 ]

@@ -64,13 +64,13 @@ class InProcessRunner:
                 exc_info=task.exception(),
             )
 
-    async def drain(self, timeout: float | None = None) -> None:
-        """Wait until every submitted saga has finished (or ``timeout`` seconds pass)."""
+    async def drain(self) -> None:
+        """Wait until every submitted saga (and any submitted meanwhile) has finished.
+
+        Bound the wait with ``asyncio.timeout(...)`` around the call if needed.
+        """
         while self._tasks:
-            pending = list(self._tasks)
-            _, not_done = await asyncio.wait(pending, timeout=timeout)
-            if not_done:
-                raise TimeoutError(f"{len(not_done)} sagas still running after {timeout}s")
+            await asyncio.wait(list(self._tasks))
 
     async def shutdown(self) -> None:
         """Cancel what still runs and wait for it to stop."""

@@ -20,7 +20,7 @@ def storage_from_url(url: str) -> SagaStorage:
     >>> type(storage_from_url("memory://")).__name__
     'InMemorySagaStorage'
     """
-    scheme, sep, rest = url.partition("://")
+    scheme, sep, _ = url.partition("://")
     if not sep:
         raise ConfigurationError(
             f"storage URL {url!r} has no scheme; use memory://, sqlite:///path.db "

@@ -63,10 +63,10 @@ class SagaStorage(ABC):
     ) -> None:
         await self.close()
 
-    async def _open(self) -> None:
+    async def _open(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Backend-specific opening (connect, migrate). Called once by ensure_open."""
 
-    async def _close(self) -> None:
+    async def _close(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Backend-specific closing."""
 
     @abstractmethod

@@ -1,0 +1,324 @@
+"""The HTTP surface shared by every web plugin, without any framework.
+
+Each plugin turns a request into a call on :class:`WebhookService` and its
+:class:`WebResponse` back into its framework's response, so the paths, status codes
+and JSON are the same in FastAPI, Django and Flask (DESIGN section 4):
+
+- ``POST {prefix}/{source}`` → :meth:`WebhookService.handle_webhook`
+- ``GET {prefix}/{source}/status/{correlation_id}`` → :meth:`WebhookService.source_status`
+- ``GET {prefix}/status/{saga_id}`` → :meth:`WebhookService.saga_status`
+- ``GET {prefix}/status/{saga_id}/diagram`` → :meth:`WebhookService.saga_diagram`
+- ``GET {prefix}/health`` → :meth:`WebhookService.health`
+
+Errors are ``{"error": code, "detail": message, "correlation_id": id}`` with a 4xx
+(503 when storage is unreachable), never a 500 for anything the caller sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sagaz.core.config import SagaConfig, get_config
+from sagaz.core.diagrams import to_mermaid
+from sagaz.core.errors import (
+    ContextNotSerializableError,
+    TriggerPayloadError,
+    UnknownSagaError,
+    UnknownSourceError,
+)
+from sagaz.core.records import SagaRecord
+from sagaz.core.registry import SagaRegistry, registry
+from sagaz.core.status import SagaStatus
+from sagaz.core.triggers import fire_event
+
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "SIGNATURE_HEADER",
+    "WebResponse",
+    "WebhookService",
+    "WebhookSettings",
+    "error_response",
+    "sign_body",
+]
+
+logger = logging.getLogger("sagaz.web")
+
+#: Default largest webhook body accepted (1 MiB).
+DEFAULT_MAX_BODY_BYTES = 1_048_576
+#: Header carrying ``sha256=<hex HMAC-SHA256 of the body>`` for sources with a secret.
+SIGNATURE_HEADER = "X-Sagaz-Signature"
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+@dataclass(frozen=True, slots=True)
+class WebResponse:
+    """A framework-neutral response: status code, JSON body, extra headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """How the webhook routes behave.
+
+    ``secrets`` maps a source to its HMAC-SHA256 shared secret (that source then
+    requires a valid :data:`SIGNATURE_HEADER`); ``expose_context`` shows a saga's
+    context in status responses (off by default: it may hold personal data);
+    ``run_in_process`` runs started sagas in this process (else workers run them).
+    """
+
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    expose_context: bool = False
+    run_in_process: bool = True
+
+
+def error_response(
+    status: int, code: str, detail: str, correlation_id: str | None = None
+) -> WebResponse:
+    """The JSON error every route returns: ``{"error", "detail", "correlation_id"}``."""
+    return WebResponse(status, {"error": code, "detail": detail, "correlation_id": correlation_id})
+
+
+def sign_body(body: bytes, secret: str) -> str:
+    """The signature header value a sender computes: ``sha256=<hex digest>``."""
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def _is_json_type(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+class WebhookService:
+    """The logic behind the shared routes, used by every plugin."""
+
+    def __init__(
+        self,
+        config: SagaConfig | None = None,
+        settings: WebhookSettings | None = None,
+        saga_registry: SagaRegistry | None = None,
+    ) -> None:
+        self._config = config
+        self.settings = settings or WebhookSettings()
+        self.registry = saga_registry or registry
+
+    @property
+    def config(self) -> SagaConfig:
+        """The config sagas are started with (the process-wide one by default)."""
+        return self._config if self._config is not None else get_config()
+
+    # -- POST {prefix}/{source} --------------------------------------------------
+
+    async def handle_webhook(
+        self,
+        source: str,
+        body: bytes,
+        *,
+        content_type: str | None,
+        correlation_id: str,
+        signature: str | None = None,
+    ) -> WebResponse:
+        """Validate a webhook and start the sagas its source triggers (202)."""
+        settings = self.settings
+        if not _SAFE_NAME.fullmatch(source) or not self.registry.triggers_for(source):
+            known = ", ".join(sorted(self.registry.sources)) or "none"
+            shown = source if _SAFE_NAME.fullmatch(source) else "(invalid name)"
+            return error_response(
+                404,
+                "unknown_source",
+                f"no saga is triggered by source {shown!r}; known sources: {known}",
+                correlation_id,
+            )
+        if len(body) > settings.max_body_bytes:
+            return error_response(
+                413,
+                "payload_too_large",
+                f"the body is {len(body)} bytes; the limit is {settings.max_body_bytes} bytes",
+                correlation_id,
+            )
+        if not _is_json_type(content_type):
+            return error_response(
+                415,
+                "unsupported_media_type",
+                f"send the event as JSON with Content-Type: application/json "
+                f"(got {content_type or 'no Content-Type'})",
+                correlation_id,
+            )
+        secret = settings.secrets.get(source)
+        if secret is not None:
+            expected = sign_body(body, secret)
+            if signature is None or not hmac.compare_digest(expected, signature.strip()):
+                return error_response(
+                    401,
+                    "invalid_signature",
+                    f"source {source!r} requires the header {SIGNATURE_HEADER}: "
+                    "sha256=<hex HMAC-SHA256 of the raw body with the shared secret>",
+                    correlation_id,
+                )
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            return error_response(
+                400, "invalid_json", f"the body is not valid JSON: {exc}", correlation_id
+            )
+        if not isinstance(payload, dict):
+            return error_response(
+                400,
+                "invalid_payload",
+                f"the body must be a JSON object, got a JSON {type(payload).__name__}",
+                correlation_id,
+            )
+        try:
+            fired = await fire_event(
+                source,
+                payload,
+                correlation_id=correlation_id,
+                config=self.config,
+                run=settings.run_in_process,
+                saga_registry=self.registry,
+            )
+        except TriggerPayloadError as exc:
+            code = "missing_field" if exc.field is not None else "invalid_payload"
+            return error_response(400, code, str(exc), correlation_id)
+        except ContextNotSerializableError as exc:
+            return error_response(400, "invalid_payload", str(exc), correlation_id)
+        except UnknownSourceError as exc:  # pragma: no cover - raced with registration
+            return error_response(404, "unknown_source", str(exc), correlation_id)
+        message = (
+            "Duplicate event: the saga for this idempotency key already exists"
+            if fired.duplicate
+            else "Event queued for processing"
+            if fired.saga_ids
+            else "Event accepted; no saga was started for it"
+        )
+        return WebResponse(
+            202,
+            {
+                "status": "accepted",
+                "source": source,
+                "message": message,
+                "correlation_id": fired.correlation_id,
+                "saga_ids": fired.saga_ids,
+                "duplicate": fired.duplicate,
+            },
+        )
+
+    # -- GET {prefix}/{source}/status/{correlation_id} ---------------------------
+
+    async def source_status(self, source: str, correlation_id: str) -> WebResponse:
+        """The sagas started by events at ``source`` with ``correlation_id``."""
+        storage = self.config.storage
+        await storage.ensure_open()
+        events = await storage.find_trigger_events(correlation_id, source)
+        if not events:
+            return error_response(
+                404,
+                "not_found",
+                f"no event at source {source!r} has correlation id {correlation_id!r}",
+                correlation_id,
+            )
+        records: list[SagaRecord] = []
+        for event in events:
+            for saga_id in event.saga_ids:
+                record = await storage.load(saga_id)
+                if record is not None:
+                    records.append(record)
+        status, message = _overall(records)
+        return WebResponse(
+            200,
+            {
+                "correlation_id": correlation_id,
+                "source": source,
+                "status": status,
+                "message": message,
+                "saga_ids": [r.saga_id for r in records],
+                "sagas": [self._saga_body(r) for r in records],
+            },
+        )
+
+    # -- GET {prefix}/status/{saga_id} -------------------------------------------
+
+    async def saga_status(self, saga_id: str) -> WebResponse:
+        """One saga's state, steps, failed step and error (and context if exposed)."""
+        record = await self._load(saga_id)
+        if record is None:
+            return self._not_found(saga_id)
+        return WebResponse(200, self._saga_body(record))
+
+    async def saga_diagram(self, saga_id: str) -> WebResponse:
+        """The Mermaid diagram of one saga with its step states highlighted."""
+        record = await self._load(saga_id)
+        if record is None:
+            return self._not_found(saga_id)
+        try:
+            saga = self.registry.create(record.saga_name, self.config)
+        except UnknownSagaError as exc:
+            return error_response(404, "unknown_saga", str(exc))
+        return WebResponse(
+            200,
+            {
+                "saga_id": saga_id,
+                "saga_name": record.saga_name,
+                "state": record.status.value,
+                "mermaid": to_mermaid(saga, record),
+            },
+        )
+
+    async def health(self) -> WebResponse:
+        """200 when storage answers, 503 (with the reason) when it does not."""
+        storage = self.config.storage
+        try:
+            await storage.ping()
+        except Exception as exc:
+            logger.warning("sagaz health check: storage unreachable: %s", exc)
+            return WebResponse(
+                503,
+                {"status": "unavailable", "storage": type(storage).__name__, "detail": str(exc)},
+            )
+        return WebResponse(200, {"status": "ok", "storage": type(storage).__name__})
+
+    # -- helpers -------------------------------------------------------------------
+
+    async def _load(self, saga_id: str) -> SagaRecord | None:
+        if not _SAFE_NAME.fullmatch(saga_id):
+            return None
+        storage = self.config.storage
+        await storage.ensure_open()
+        return await storage.load(saga_id)
+
+    @staticmethod
+    def _not_found(saga_id: str) -> WebResponse:
+        shown = saga_id if _SAFE_NAME.fullmatch(saga_id) else "(invalid id)"
+        return error_response(404, "not_found", f"no saga with id {shown!r}")
+
+    def _saga_body(self, record: SagaRecord) -> dict[str, Any]:
+        return record.to_dict(include_context=self.settings.expose_context, include_history=False)
+
+
+def _overall(records: list[SagaRecord]) -> tuple[str, str]:
+    if not records:
+        return "ignored", "The event was accepted but started no saga."
+    states = {r.status for r in records}
+    if any(not s.is_terminal for s in states):
+        return "processing", "Event is being processed."
+    if SagaStatus.FAILED in states:
+        return "failed", "A saga failed and needs intervention."
+    if SagaStatus.COMPENSATED in states:
+        return "compensated", "A saga failed and was rolled back."
+    return "completed", "Every saga started by this event completed."
