@@ -55,7 +55,13 @@ from sagaz.core.records import (  # noqa: E402
 from sagaz.core.registry import import_saga_modules, registry  # noqa: E402
 from sagaz.core.result import SagaResult  # noqa: E402
 from sagaz.core.retry import RetryPolicy  # noqa: E402
-from sagaz.core.runner import InProcessRunner, get_runner, resume_saga, start_saga  # noqa: E402
+from sagaz.core.runner import (  # noqa: E402
+    InProcessRunner,
+    get_runner,
+    recover_unfinished,
+    resume_saga,
+    start_saga,
+)
 from sagaz.core.saga import Saga, action, compensate  # noqa: E402
 from sagaz.core.status import SagaStatus, StepStatus  # noqa: E402
 from sagaz.core.storage import InMemorySagaStorage, SagaStorage, storage_from_url  # noqa: E402
@@ -112,6 +118,7 @@ __all__ = [
     "get_runner",
     "import_saga_modules",
     "is_valid_correlation_id",
+    "recover_unfinished",
     "registry",
     "resume_saga",
     "start_saga",

@@ -18,7 +18,7 @@ from sagaz.core.config import SagaConfig, get_config
 from sagaz.core.context import current_correlation_id
 from sagaz.core.engine import check_json
 from sagaz.core.errors import SagaNotFoundError
-from sagaz.core.records import NewSaga
+from sagaz.core.records import NewSaga, SagaQuery
 from sagaz.core.registry import registry
 from sagaz.core.result import SagaResult
 from sagaz.core.status import SagaStatus
@@ -26,7 +26,7 @@ from sagaz.core.status import SagaStatus
 if TYPE_CHECKING:
     from sagaz.core.saga import Saga
 
-__all__ = ["InProcessRunner", "get_runner", "resume_saga", "start_saga"]
+__all__ = ["InProcessRunner", "get_runner", "recover_unfinished", "resume_saga", "start_saga"]
 
 logger = logging.getLogger("sagaz.runner")
 
@@ -137,3 +137,37 @@ async def resume_saga(saga_id: str, config: SagaConfig | None = None) -> SagaRes
         raise SagaNotFoundError(f"no saga {saga_id!r} in {type(config.storage).__name__}")
     saga = registry.create(record.saga_name, config)
     return await saga.resume(saga_id)
+
+
+async def recover_unfinished(config: SagaConfig | None = None, *, limit: int = 1000) -> list[str]:
+    """Submit every unfinished saga (PENDING, RUNNING, COMPENSATING) whose definition is
+    registered in this process to this loop's runner; return their ids.
+
+    For a single process that owns its storage (start-up of a one-process app). With
+    several processes on one database, run ``sagaz worker`` instead: it claims sagas
+    with leases so no saga runs twice at once.
+    """
+    config = config or get_config()
+    storage = config.storage
+    await storage.ensure_open()
+    unfinished = await storage.list_sagas(
+        SagaQuery(
+            status=(SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING),
+            limit=limit,
+        )
+    )
+    known = set(registry.names)
+    runner = get_runner()
+    submitted = []
+    for record in unfinished:
+        if record.saga_name not in known:
+            logger.error(
+                "sagaz: cannot recover saga %s: no saga named %r is registered in this "
+                "process; import the module that defines it",
+                record.saga_id,
+                record.saga_name,
+            )
+            continue
+        runner.submit(registry.create(record.saga_name, config), record.saga_id)
+        submitted.append(record.saga_id)
+    return submitted
