@@ -381,7 +381,9 @@ class SagaExecution:
         token = _current_step.set(info)
         try:
             if limit is None:
-                result = await func(ctx) if is_async else await asyncio.to_thread(func, ctx)
+                if is_async:
+                    return await func(ctx)
+                result = await asyncio.to_thread(func, ctx)
             else:
                 try:
                     async with asyncio.timeout(limit) as scope:
@@ -407,7 +409,7 @@ class SagaExecution:
         """Merge a step's returned dict into the context; an error if it cannot be."""
         if result is None:
             return None
-        if not isinstance(result, Mapping):
+        if type(result) is not dict and not isinstance(result, Mapping):
             return TypeError(
                 f"{what} {step!r} returned a {type(result).__name__}; "
                 "return a dict (merged into the saga context) or None"
