@@ -36,6 +36,9 @@ ENVIRONMENT_VARIABLES: Mapping[str, str] = {
     "SAGAZ_SAGA_TIMEOUT": "default timeout of a whole saga in seconds",
     "SAGAZ_RETRY_ATTEMPTS": "default attempts per step, the first included (integer >= 1)",
     "SAGAZ_FAILURE_POLICY": "fail_fast or wait_all",
+    "SAGAZ_OUTBOX": "1/true to write saga events to the transactional outbox",
+    "SAGAZ_LEASE_SECONDS": "seconds before a crashed process's sagas are taken over",
+    "SAGAZ_MAX_RECOVERIES": "recoveries after which a saga is parked as FAILED",
 }
 
 
@@ -45,6 +48,10 @@ class SagaConfig:
     ``storage`` (an instance) wins over ``storage_url``. ``retry`` is the default step
     retry policy; ``compensation_retry`` the default for compensations (three attempts:
     undoing matters more than failing fast). Timeouts are in seconds (None: no limit).
+    ``outbox`` writes saga events to the transactional outbox (for a relay to publish);
+    ``lease_seconds`` is how long a crashed process keeps its sagas before another
+    takes them over; a saga recovered more than ``max_recoveries`` times is parked
+    as FAILED.
     """
 
     def __init__(
@@ -59,7 +66,14 @@ class SagaConfig:
         max_parallel: int = 10,
         failure_policy: FailurePolicy | str = FailurePolicy.FAIL_FAST,
         listeners: Iterable[SagaListener] = (),
+        outbox: bool = False,
+        lease_seconds: float | None = None,
+        max_recoveries: int = 5,
     ) -> None:
+        if max_recoveries < 1:
+            raise ConfigurationError(f"max_recoveries must be >= 1, got {max_recoveries}")
+        if lease_seconds is not None and lease_seconds <= 0:
+            raise ConfigurationError(f"lease_seconds must be > 0, got {lease_seconds}")
         if max_parallel < 1:
             raise ConfigurationError(f"max_parallel must be >= 1, got {max_parallel}")
         for name, value in (("step_timeout", step_timeout), ("saga_timeout", saga_timeout)):
@@ -82,6 +96,10 @@ class SagaConfig:
         self.saga_timeout = saga_timeout
         self.max_parallel = max_parallel
         self.listeners: list[SagaListener] = list(listeners)
+        self.outbox = outbox
+        self.max_recoveries = max_recoveries
+        if lease_seconds is not None:
+            self.storage.lease_seconds = lease_seconds
 
     def __repr__(self) -> str:
         return (
@@ -111,6 +129,18 @@ class SagaConfig:
             if attempts < 1:
                 raise ConfigurationError(f"SAGAZ_RETRY_ATTEMPTS must be >= 1, got {attempts}")
             kwargs["retry"] = RetryPolicy(max_attempts=attempts)
+        if "SAGAZ_OUTBOX" in env:
+            flag = env["SAGAZ_OUTBOX"].strip().lower()
+            if flag not in {"1", "0", "true", "false", "yes", "no", "on", "off", ""}:
+                raise ConfigurationError(
+                    f"environment variable SAGAZ_OUTBOX={env['SAGAZ_OUTBOX']!r} is not a "
+                    "boolean; use 1/0, true/false, yes/no or on/off"
+                )
+            kwargs["outbox"] = flag in {"1", "true", "yes", "on"}
+        if "SAGAZ_LEASE_SECONDS" in env:
+            kwargs["lease_seconds"] = _parse(env, "SAGAZ_LEASE_SECONDS", float)
+        if "SAGAZ_MAX_RECOVERIES" in env:
+            kwargs["max_recoveries"] = _parse(env, "SAGAZ_MAX_RECOVERIES", int)
         if "SAGAZ_FAILURE_POLICY" in env:
             kwargs["failure_policy"] = env["SAGAZ_FAILURE_POLICY"].strip().lower()
         kwargs.update(overrides)

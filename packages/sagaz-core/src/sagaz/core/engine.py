@@ -23,16 +23,24 @@ from sagaz.core.config import FailurePolicy, SagaConfig
 from sagaz.core.definition import SagaDefinition, StepDefinition, StepFunction
 from sagaz.core.errors import (
     ContextNotSerializableError,
+    SagaCancelledError,
     SagaDefinitionError,
     SagaTimeoutError,
     StepTimeoutError,
 )
 from sagaz.core.listeners import SagaListenerEvent, notify_listeners
-from sagaz.core.records import NewSaga, SagaRecord, Transition, TransitionKind
+from sagaz.core.records import NewSaga, OutboxEvent, SagaRecord, Transition, TransitionKind
 from sagaz.core.result import SagaResult
 from sagaz.core.status import SagaStatus, StepStatus
 
-__all__ = ["SagaExecution", "StepInfo", "check_json", "current_step", "describe_error"]
+__all__ = [
+    "SagaExecution",
+    "StepInfo",
+    "check_json",
+    "current_step",
+    "describe_error",
+    "emit_event",
+]
 
 logger = logging.getLogger("sagaz.engine")
 
@@ -54,6 +62,8 @@ class StepInfo:
     attempt: int
     correlation_id: str | None
     compensating: bool = False
+    #: Events emitted by the step (None when the outbox is off).
+    emitted: list[tuple[str, dict[str, Any]]] | None = None
 
     @property
     def step_key(self) -> str:
@@ -70,6 +80,25 @@ def current_step() -> StepInfo:
     if info is None:
         raise RuntimeError("current_step() is only available inside a running saga step")
     return info
+
+
+def emit_event(event_type: str, payload: Mapping[str, Any] | None = None) -> None:
+    """Emit an event from inside a step; it is written to the outbox with the step's
+    completion (in the same transaction) and dropped if the step fails.
+
+    Needs ``SagaConfig(outbox=True)``; the payload must be JSON-serialisable.
+    """
+    info = current_step()
+    if info.emitted is None:
+        raise RuntimeError(
+            "emit_event() needs the transactional outbox: configure SagaConfig(outbox=True) "
+            "(or SAGAZ_OUTBOX=1) and run a relay to publish the events"
+        )
+    if not isinstance(event_type, str) or not event_type:
+        raise ValueError(f"emit_event needs a non-empty event type, got {event_type!r}")
+    body = dict(payload or {})
+    check_json(body, f"payload of event {event_type!r}")
+    info.emitted.append((event_type, body))
 
 
 def describe_error(exc: BaseException) -> str:
@@ -120,6 +149,7 @@ class SagaExecution:
         correlation_id: str | None = None,
         idempotency_key: str | None = None,
         record: SagaRecord | None = None,
+        retried: bool = False,
     ) -> None:
         if not definition.steps:
             raise SagaDefinitionError(
@@ -131,6 +161,9 @@ class SagaExecution:
         self.listeners = config.listeners
         self.timings: dict[str, float] = {}
         self._buffer: list[Transition] = []
+        self._events: list[OutboxEvent] = []
+        self._outbox = config.outbox
+        self._cancel_requested = False
         self._context_dirty = False
         self._cancelled: list[str] = []
         self._final_error: str | None = None
@@ -159,21 +192,32 @@ class SagaExecution:
                 idempotency_key,
             )
             self._buffer.append(Transition(_K.SAGA_STARTED))
+            self._emit("saga.started")
         else:
-            self._init_from_record(record)
+            self._init_from_record(record, retried)
 
-    def _init_from_record(self, record: SagaRecord) -> None:
+    def _emit(self, event_type: str, **payload: Any) -> None:
+        if self._outbox:
+            body = {"saga_id": self.saga_id, "saga_name": self.definition.name, **payload}
+            self._events.append(
+                OutboxEvent(str(uuid.uuid4()), self.saga_id, event_type, body, self.correlation_id)
+            )
+
+    def _init_from_record(self, record: SagaRecord, retried: bool) -> None:
         self.saga_id = record.saga_id
         self.correlation_id = record.correlation_id
         self.context = dict(record.context)
+        self._cancel_requested = record.cancel_requested
         steps = record.steps
         known = self.definition.steps
         by_start = sorted(steps.values(), key=lambda s: s.started_at or 0.0)
         if record.status is SagaStatus.PENDING:
             self.completed = []
             self._buffer.append(Transition(_K.SAGA_STARTED))
+            self._emit("saga.started")
             return
-        self._buffer.append(Transition(_K.SAGA_RESUMED))
+        if not retried:
+            self._buffer.append(Transition(_K.SAGA_RESUMED))
         if record.status is SagaStatus.RUNNING:
             self.completed = [s.name for s in by_start if s.status in _DONE and s.name in known]
             return
@@ -193,10 +237,13 @@ class SagaExecution:
         if not transitions:
             return
         self._buffer = []
+        events = self._events
+        if events:
+            self._events = []
         new = self._new
         if new is not None:
             self._new = None
-            saga_id, created = await self.storage.create_saga(new, transitions)
+            saga_id, created = await self.storage.create_saga(new, transitions, events)
             if not created:
                 raise _DuplicateSagaError(saga_id)
             if self.listeners:
@@ -206,7 +253,8 @@ class SagaExecution:
         if self._context_dirty:
             self._context_dirty = False
             context = dict(self.context)
-        await self.storage.record(self.saga_id, transitions, context)
+        if await self.storage.record(self.saga_id, transitions, context, events):
+            self._cancel_requested = True
 
     async def _notify(
         self,
@@ -235,6 +283,12 @@ class SagaExecution:
         """Execute (or continue) the saga to a terminal state and return its result."""
         started = time.perf_counter()
         await self.storage.ensure_open()
+        if not self.storage.durable:
+            return await self._run(started)
+        async with self.storage.holding_leases():
+            return await self._run(started)
+
+    async def _run(self, started: float) -> SagaResult:
         try:
             if self._resume_compensation is not None:
                 if self.listeners:
@@ -251,6 +305,7 @@ class SagaExecution:
             return SagaResult.from_record(record, created=False)
         if failure is None:
             self._buffer.append(Transition(_K.SAGA_COMPLETED))
+            self._emit("saga.completed", status=SagaStatus.COMPLETED.value)
             await self._flush()
             if self.listeners:
                 await self._notify("on_saga_completed", status=SagaStatus.COMPLETED)
@@ -432,13 +487,28 @@ class SagaExecution:
         listeners = self.listeners
         attempt = 0
         while True:
+            if self._cancel_requested:
+                return self._cancelled_failure(name)
             attempt += 1
             self._buffer.append(Transition(_K.STEP_STARTED, name, attempt))
             await self._flush()
+            if self._cancel_pending():
+                self._buffer.append(
+                    Transition(_K.STEP_CANCELLED, name, attempt, error="cancelled by operator")
+                )
+                return self._cancelled_failure(name)
             if listeners:
                 await self._notify("on_step_started", name, attempt)
             began = time.perf_counter()
-            info = StepInfo(self.saga_id, self.definition.name, name, attempt, self.correlation_id)
+            info = StepInfo(
+                self.saga_id,
+                self.definition.name,
+                name,
+                attempt,
+                self.correlation_id,
+                False,
+                [] if self._outbox else None,
+            )
             error: BaseException | None
             try:
                 result = await self._call(step.action, step.action_is_async, timeout, info)
@@ -456,9 +526,22 @@ class SagaExecution:
             if error is None:
                 self.timings[name] = elapsed
                 self.completed.append(name)
+                step_result = dict(result or {})
                 self._buffer.append(
-                    Transition(_K.STEP_COMPLETED, name, attempt, result=dict(result or {}))
+                    Transition(_K.STEP_COMPLETED, name, attempt, result=step_result)
                 )
+                if info.emitted is not None:
+                    self._emit("saga.step_completed", step=name, result=step_result)
+                    for event_type, body in info.emitted:
+                        self._events.append(
+                            OutboxEvent(
+                                str(uuid.uuid4()),
+                                self.saga_id,
+                                event_type,
+                                body,
+                                self.correlation_id,
+                            )
+                        )
                 if listeners:
                     await self._notify("on_step_completed", name, attempt, duration=elapsed)
                 return None
@@ -469,6 +552,16 @@ class SagaExecution:
             if not retry:
                 return _Failure(name, text, error)
             await asyncio.sleep(policy.delay(attempt))
+
+    def _cancel_pending(self) -> bool:
+        """Whether the last write reported an operator's cancel request."""
+        return self._cancel_requested
+
+    def _cancelled_failure(self, step: str) -> _Failure:
+        exc = SagaCancelledError(
+            f"saga {self.definition.name!r} ({self.saga_id}) was cancelled by an operator"
+        )
+        return _Failure(step, describe_error(exc), exc)
 
     # -- compensation --------------------------------------------------------------
 
@@ -497,6 +590,7 @@ class SagaExecution:
             text = "; ".join(errors)
             self._final_error = f"{failure.error}; {text}"
             self._buffer.append(Transition(_K.SAGA_FAILED, failure.step, error=text))
+            self._emit("saga.failed", status=SagaStatus.FAILED.value, error=self._final_error)
             await self._flush()
             logger.error(
                 "saga %s (%s) FAILED: %s; it needs intervention (sagaz retry %s)",
@@ -509,6 +603,7 @@ class SagaExecution:
                 await self._notify("on_saga_failed", failure.step, status=SagaStatus.FAILED)
             return SagaStatus.FAILED
         self._buffer.append(Transition(_K.SAGA_COMPENSATED, failure.step))
+        self._emit("saga.compensated", status=SagaStatus.COMPENSATED.value, error=failure.error)
         await self._flush()
         if self.listeners:
             await self._notify("on_saga_compensated", status=SagaStatus.COMPENSATED)

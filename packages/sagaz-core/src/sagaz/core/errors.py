@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigurationError",
     "ContextNotSerializableError",
+    "SagaCancelledError",
     "SagaDefinitionError",
     "SagaError",
     "SagaNotFoundError",
@@ -43,6 +44,10 @@ class ContextNotSerializableError(SagaError, TypeError):
             "str, int, float, bool, None, list or dict there instead (e.g. an id or an "
             "ISO-8601 string)"
         )
+
+
+class SagaCancelledError(SagaError):
+    """An operator cancelled the saga (``sagaz cancel``); completed steps are compensated."""
 
 
 class StepTimeoutError(SagaError, TimeoutError):

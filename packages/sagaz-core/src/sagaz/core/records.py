@@ -17,8 +17,13 @@ from typing import Any
 from sagaz.core.status import SagaStatus, StepStatus
 
 __all__ = [
+    "SAGA_STATUS_BY_KIND",
+    "STEP_STATUS_BY_KIND",
     "HistoryEntry",
     "NewSaga",
+    "OutboxEvent",
+    "OutboxRecord",
+    "OutboxStatus",
     "SagaQuery",
     "SagaRecord",
     "StepRecord",
@@ -39,6 +44,7 @@ class TransitionKind(StrEnum):
     """Every kind of change the engine records, in the order a saga can go through them."""
 
     SAGA_STARTED = "saga_started"
+    SAGA_RETRIED = "saga_retried"  # an operator re-drove a FAILED saga forward
     SAGA_RESUMED = "saga_resumed"  # a recovery: counts, keeps the status
     STEP_STARTED = "step_started"
     STEP_COMPLETED = "step_completed"
@@ -53,15 +59,18 @@ class TransitionKind(StrEnum):
     SAGA_FAILED = "saga_failed"
 
 
-_SAGA_STATUS: dict[TransitionKind, SagaStatus] = {
+#: The saga status each saga-level transition moves a saga to.
+SAGA_STATUS_BY_KIND: dict[TransitionKind, SagaStatus] = {
     TransitionKind.SAGA_STARTED: SagaStatus.RUNNING,
+    TransitionKind.SAGA_RETRIED: SagaStatus.RUNNING,
     TransitionKind.SAGA_COMPENSATING: SagaStatus.COMPENSATING,
     TransitionKind.SAGA_COMPLETED: SagaStatus.COMPLETED,
     TransitionKind.SAGA_COMPENSATED: SagaStatus.COMPENSATED,
     TransitionKind.SAGA_FAILED: SagaStatus.FAILED,
 }
 
-_STEP_STATUS: dict[TransitionKind, StepStatus] = {
+#: The step status each step-level transition moves its step to.
+STEP_STATUS_BY_KIND: dict[TransitionKind, StepStatus] = {
     TransitionKind.STEP_STARTED: StepStatus.RUNNING,
     TransitionKind.STEP_COMPLETED: StepStatus.COMPLETED,
     TransitionKind.STEP_FAILED: StepStatus.FAILED,
@@ -91,12 +100,12 @@ class Transition:
     @property
     def saga_status(self) -> SagaStatus | None:
         """The saga status this transition moves the saga to, if any."""
-        return _SAGA_STATUS.get(self.kind)
+        return SAGA_STATUS_BY_KIND.get(self.kind)
 
     @property
     def step_status(self) -> StepStatus | None:
         """The step status this transition moves its step to, if any."""
-        return _STEP_STATUS.get(self.kind)
+        return STEP_STATUS_BY_KIND.get(self.kind)
 
 
 @dataclass(slots=True)
@@ -179,6 +188,9 @@ class SagaRecord:
     error: str | None = None
     failed_step: str | None = None
     recoveries: int = 0
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    cancel_requested: bool = False
     steps: dict[str, StepRecord] = field(default_factory=dict)
     history: list[HistoryEntry] = field(default_factory=list)
 
@@ -249,7 +261,7 @@ def apply_transition(record: SagaRecord, t: Transition) -> None:
         # A recovery: the status stays what it was (RUNNING or COMPENSATING).
         record.recoveries += 1
         return
-    status = _SAGA_STATUS.get(t.kind)
+    status = SAGA_STATUS_BY_KIND.get(t.kind)
     if status is not None:
         record.status = status
         if t.error is not None:
@@ -258,7 +270,7 @@ def apply_transition(record: SagaRecord, t: Transition) -> None:
         if t.step is not None and record.failed_step is None:
             record.failed_step = t.step
         return
-    step_status = _STEP_STATUS.get(t.kind)
+    step_status = STEP_STATUS_BY_KIND.get(t.kind)
     if step_status is None or t.step is None:  # pragma: no cover - every kind maps
         return
     step = record.steps.get(t.step)
@@ -339,4 +351,63 @@ class TriggerEvent:
             "correlation_id": self.correlation_id,
             "saga_ids": list(self.saga_ids),
             "created_at": iso(self.created_at),
+        }
+
+
+class OutboxStatus(StrEnum):
+    """Where an outbox event is: waiting to be published, published, or dead-lettered."""
+
+    PENDING = "PENDING"
+    SENT = "SENT"
+    DEAD = "DEAD"
+
+
+@dataclass(slots=True)
+class OutboxEvent:
+    """An event to publish, written in the same transaction as the change that caused it.
+
+    ``event_type`` is e.g. ``saga.started``, ``saga.step_completed``,
+    ``saga.completed``, ``saga.compensated``, ``saga.failed``, or a type a step
+    emitted with :func:`sagaz.core.emit_event`.
+    """
+
+    event_id: str
+    saga_id: str
+    event_type: str
+    payload: dict[str, Any]
+    correlation_id: str | None = None
+    created_at: float = field(default_factory=time.time)
+
+
+@dataclass(slots=True)
+class OutboxRecord:
+    """An outbox event as stored, with its delivery state.
+
+    ``seq`` orders events (per saga, publication follows it).
+    """
+
+    seq: int
+    event: OutboxEvent
+    status: OutboxStatus = OutboxStatus.PENDING
+    attempts: int = 0
+    last_error: str | None = None
+    next_attempt_at: float = 0.0
+    sent_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (for ``sagaz outbox`` listings)."""
+        e = self.event
+        return {
+            "seq": self.seq,
+            "event_id": e.event_id,
+            "saga_id": e.saga_id,
+            "event_type": e.event_type,
+            "correlation_id": e.correlation_id,
+            "created_at": iso(e.created_at),
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "next_attempt_at": iso(self.next_attempt_at) if self.next_attempt_at else None,
+            "sent_at": iso(self.sent_at),
+            "payload": e.payload,
         }

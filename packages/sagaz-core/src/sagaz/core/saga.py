@@ -260,23 +260,45 @@ class Saga:
         return await execution.run()
 
     async def resume(self, saga_id: str) -> SagaResult:
-        """Continue a recorded saga: skip completed steps, re-run the in-flight one,
-        go on compensating if it was compensating. A finished saga is returned as is."""
-        storage = self.config.storage
+        """Continue a recorded saga: skip completed steps, re-run the in-flight one, go
+        on compensating if it was compensating.
+
+        The saga is leased to this process first; when another live process holds it,
+        or it has finished, its recorded state is returned and nothing runs here. A
+        saga already recovered ``config.max_recoveries`` times is parked as FAILED.
+        """
+        from sagaz.core.records import Transition, TransitionKind
+        from sagaz.core.result import SagaResult
+        from sagaz.core.status import SagaStatus
+
+        config = self.config
+        storage = config.storage
         await storage.ensure_open()
-        record = await storage.load(saga_id)
+        record = await storage.claim(saga_id)
         if record is None:
-            raise SagaNotFoundError(f"no saga {saga_id!r} in {type(storage).__name__}")
+            current = await storage.load(saga_id)
+            if current is None:
+                raise SagaNotFoundError(f"no saga {saga_id!r} in {type(storage).__name__}")
+            return SagaResult.from_record(current)
         if record.saga_name != self.name:
+            await storage.release_leases([saga_id])
             raise SagaDefinitionError(
                 f"saga {saga_id!r} is a {record.saga_name!r}, not a {self.name!r}; "
                 "resume it with resume_saga() to find its definition by name"
             )
-        if record.status.is_terminal:
-            from sagaz.core.result import SagaResult
-
-            return SagaResult.from_record(record)
-        return await SagaExecution(self._definition, self.config, record=record).run()
+        if record.status is not SagaStatus.PENDING and record.recoveries >= config.max_recoveries:
+            reason = (
+                f"parked after {record.recoveries} recoveries (max_recoveries="
+                f"{config.max_recoveries}): the saga keeps crashing its process; inspect it "
+                f"with 'sagaz show {saga_id}', then 'sagaz retry {saga_id}'"
+            )
+            await storage.record(
+                saga_id, [Transition(TransitionKind.SAGA_FAILED, record.failed_step, error=reason)]
+            )
+            parked = await storage.load(saga_id)
+            assert parked is not None
+            return SagaResult.from_record(parked)
+        return await SagaExecution(self._definition, config, record=record).run()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} steps={list(self._definition.order)}>"
