@@ -29,10 +29,11 @@ from sagaz.core.context import (  # noqa: E402
 )
 from sagaz.core.definition import SagaDefinition, StepDefinition  # noqa: E402
 from sagaz.core.diagrams import to_mermaid  # noqa: E402
-from sagaz.core.engine import StepInfo, current_step  # noqa: E402
+from sagaz.core.engine import StepInfo, current_step, emit_event  # noqa: E402
 from sagaz.core.errors import (  # noqa: E402
     ConfigurationError,
     ContextNotSerializableError,
+    SagaCancelledError,
     SagaDefinitionError,
     SagaError,
     SagaNotFoundError,
@@ -44,8 +45,18 @@ from sagaz.core.errors import (  # noqa: E402
     UnknownSourceError,
 )
 from sagaz.core.listeners import LoggingListener, SagaListener, SagaListenerEvent  # noqa: E402
+from sagaz.core.operations import (  # noqa: E402
+    BulkOutcome,
+    bulk_cancel,
+    bulk_retry,
+    cancel_saga,
+    retry_saga,
+)
 from sagaz.core.records import (  # noqa: E402
     HistoryEntry,
+    OutboxEvent,
+    OutboxRecord,
+    OutboxStatus,
     SagaQuery,
     SagaRecord,
     StepRecord,
@@ -65,11 +76,14 @@ from sagaz.core.runner import (  # noqa: E402
 from sagaz.core.saga import Saga, action, compensate  # noqa: E402
 from sagaz.core.status import SagaStatus, StepStatus  # noqa: E402
 from sagaz.core.storage import InMemorySagaStorage, SagaStorage, storage_from_url  # noqa: E402
+from sagaz.core.storage.base import LeaseLostError  # noqa: E402
 from sagaz.core.triggers import FireResult, fire_event, trigger  # noqa: E402
+from sagaz.core.worker import SagaWorker, WorkerStats  # noqa: E402
 
 __all__ = [
     "CORRELATION_ID_HEADER",
     "ENVIRONMENT_VARIABLES",
+    "BulkOutcome",
     "ConfigurationError",
     "ContextNotSerializableError",
     "FailurePolicy",
@@ -77,9 +91,14 @@ __all__ = [
     "HistoryEntry",
     "InMemorySagaStorage",
     "InProcessRunner",
+    "LeaseLostError",
     "LoggingListener",
+    "OutboxEvent",
+    "OutboxRecord",
+    "OutboxStatus",
     "RetryPolicy",
     "Saga",
+    "SagaCancelledError",
     "SagaConfig",
     "SagaContextManager",
     "SagaDefinition",
@@ -94,6 +113,7 @@ __all__ = [
     "SagaStatus",
     "SagaStorage",
     "SagaTimeoutError",
+    "SagaWorker",
     "StepDefinition",
     "StepInfo",
     "StepRecord",
@@ -105,13 +125,18 @@ __all__ = [
     "TriggerPayloadError",
     "UnknownSagaError",
     "UnknownSourceError",
+    "WorkerStats",
     "__version__",
     "action",
+    "bulk_cancel",
+    "bulk_retry",
+    "cancel_saga",
     "compensate",
     "configure",
     "correlation_id_from_header",
     "current_correlation_id",
     "current_step",
+    "emit_event",
     "fire_event",
     "generate_correlation_id",
     "get_config",
@@ -121,6 +146,7 @@ __all__ = [
     "recover_unfinished",
     "registry",
     "resume_saga",
+    "retry_saga",
     "start_saga",
     "storage_from_url",
     "to_mermaid",

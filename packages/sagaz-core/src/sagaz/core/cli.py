@@ -225,3 +225,312 @@ def demo_command(ctx: click.Context, amount: float) -> None:
         click.echo(f"\nrecorded in {config.storage_url}; try: sagaz list, sagaz show <saga id>")
 
     _run(demo)
+
+
+# -- durable execution: workers, the relay and operations ------------------------------
+
+_MODULES_HELP = "Module defining sagas to import (repeatable; also SAGAZ_MODULES, comma-separated)."
+
+
+def _import_modules(modules: tuple[str, ...]) -> list[str]:
+    import os
+
+    from sagaz.core.registry import import_saga_modules
+
+    names = list(modules) or [
+        m for m in os.environ.get("SAGAZ_MODULES", "").split(",") if m.strip()
+    ]
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        return import_saga_modules(names)
+    except ImportError as exc:
+        raise click.ClickException(f"cannot import saga module: {exc}") from None
+
+
+def _time_filter(value: str | None, option: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO-8601 time (e.g. 2026-11-22T10:00:00)", param_hint=option
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _filters(func: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed(
+        [
+            click.option("--status", "statuses", multiple=True, type=_status_choice()),
+            click.option("--name", "saga_name", help="Only sagas with this name."),
+            click.option("--since", help="Only sagas created at or after this ISO time (UTC)."),
+            click.option("--until", help="Only sagas created before this ISO time (UTC)."),
+            click.option("--limit", default=1000, show_default=True, type=click.IntRange(1)),
+            click.option("--dry-run", is_flag=True, help="Only count what would be done."),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+def _query(
+    statuses: tuple[str, ...],
+    saga_name: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+) -> SagaQuery:
+    return SagaQuery(
+        status=[SagaStatus(s.upper()) for s in statuses] or None,
+        saga_name=saga_name,
+        created_after=_time_filter(since, "--since"),
+        created_before=_time_filter(until, "--until"),
+        limit=limit,
+    )
+
+
+@main.command("worker")
+@click.option("--module", "-m", "modules", multiple=True, help=_MODULES_HELP)
+@click.option("--concurrency", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--lease-seconds", default=30.0, show_default=True, type=click.FloatRange(min=0.1))
+@click.option("--poll-interval", default=1.0, show_default=True, type=click.FloatRange(min=0.01))
+@click.option("--grace-period", default=30.0, show_default=True, type=click.FloatRange(min=0))
+@click.option(
+    "--broker-url",
+    envvar="SAGAZ_BROKER_URL",
+    help="Also relay the outbox to this broker (memory://, redis://..., amqp://...). "
+    "Env: SAGAZ_BROKER_URL.",
+)
+@click.pass_context
+def worker_command(
+    ctx: click.Context,
+    modules: tuple[str, ...],
+    concurrency: int,
+    lease_seconds: float,
+    poll_interval: float,
+    grace_period: float,
+    broker_url: str | None,
+) -> None:
+    """Claim and run sagas until SIGTERM/SIGINT (then finish within the grace period)."""
+    import signal
+
+    from sagaz.core.worker import SagaWorker
+
+    imported = _import_modules(modules)
+    config = _config(ctx)
+    config.storage.lease_seconds = lease_seconds
+
+    async def work() -> None:
+        relay = None
+        broker = None
+        if broker_url:
+            from sagaz.core.outbox import OutboxRelay, broker_from_url
+
+            broker = broker_from_url(broker_url)
+            relay = OutboxRelay(config.storage, broker)
+        worker = SagaWorker(
+            config,
+            concurrency=concurrency,
+            poll_interval=poll_interval,
+            grace_period=grace_period,
+            relay=relay,
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        click.echo(
+            f"sagaz worker {config.storage.owner_id}: modules {', '.join(imported) or '-'}; "
+            f"sagas {', '.join(worker.saga_names) or '(none registered)'}",
+            err=True,
+        )
+        try:
+            stats = await worker.run()
+        finally:
+            if broker is not None:
+                await broker.close()
+        click.echo(f"sagaz worker stopped: {stats}", err=True)
+
+    _run(work)
+
+
+@main.command("relay")
+@click.option(
+    "--broker-url", envvar="SAGAZ_BROKER_URL", required=True, help="Env: SAGAZ_BROKER_URL."
+)
+@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--poll-interval", default=0.5, show_default=True, type=click.FloatRange(min=0.01))
+@click.pass_context
+def relay_command(
+    ctx: click.Context, broker_url: str, batch_size: int, poll_interval: float
+) -> None:
+    """Publish outbox events to a broker until SIGTERM/SIGINT."""
+    import signal
+
+    from sagaz.core.outbox import OutboxRelay, broker_from_url
+
+    config = _config(ctx)
+
+    async def relay() -> None:
+        broker = broker_from_url(broker_url)
+        relay = OutboxRelay(
+            config.storage, broker, batch_size=batch_size, poll_interval=poll_interval
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await config.storage.ensure_open()
+        try:
+            await relay.run(stop)
+        finally:
+            await broker.close()
+
+    _run(relay)
+
+
+@main.command("migrate")
+@click.pass_context
+def migrate_command(ctx: click.Context) -> None:
+    """Create or upgrade the storage schema (versioned migrations)."""
+    config = _config(ctx)
+
+    async def migrate() -> list[int]:
+        storage = config.storage
+        migrate_fn = getattr(storage, "migrate", None)
+        await storage.ensure_open()
+        if migrate_fn is None:
+            return []
+        applied: list[int] = await migrate_fn()
+        return applied
+
+    applied = _run(migrate)
+    if applied:
+        click.echo(f"applied migrations: {', '.join(map(str, applied))}")
+    else:
+        click.echo(f"schema of {config.storage_url} is up to date")
+
+
+@main.command("retry")
+@click.argument("saga_id", required=False)
+@click.option("--module", "-m", "modules", multiple=True, help=_MODULES_HELP)
+@_filters
+@click.pass_context
+def retry_command(
+    ctx: click.Context,
+    saga_id: str | None,
+    modules: tuple[str, ...],
+    statuses: tuple[str, ...],
+    saga_name: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    dry_run: bool,
+) -> None:
+    """Re-drive FAILED sagas: SAGA_ID, or every FAILED saga matching the filters."""
+    from sagaz.core.operations import bulk_retry, retry_saga
+
+    _import_modules(modules)
+    config = _config(ctx)
+    if saga_id is not None:
+        if dry_run:
+            raise click.UsageError("--dry-run goes with the filters, not with one SAGA_ID")
+        result = _run(lambda: retry_saga(saga_id, config))
+        click.echo(f"saga {saga_id}: {result.status.value}")
+        if result.error:
+            click.echo(f"  error: {result.error}")
+        return
+    query = _query(statuses, saga_name, since, until, limit)
+    outcome = _run(lambda: bulk_retry(query, config, dry_run=dry_run))
+    _print_bulk("retry", outcome)
+
+
+@main.command("cancel")
+@click.argument("saga_id", required=False)
+@click.option("--module", "-m", "modules", multiple=True, help=_MODULES_HELP)
+@_filters
+@click.pass_context
+def cancel_command(
+    ctx: click.Context,
+    saga_id: str | None,
+    modules: tuple[str, ...],
+    statuses: tuple[str, ...],
+    saga_name: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    dry_run: bool,
+) -> None:
+    """Cancel unfinished sagas (compensating what completed): SAGA_ID, or by filters."""
+    from sagaz.core.operations import bulk_cancel, cancel_saga
+
+    _import_modules(modules)
+    config = _config(ctx)
+    if saga_id is not None:
+        if dry_run:
+            raise click.UsageError("--dry-run goes with the filters, not with one SAGA_ID")
+        status = _run(lambda: cancel_saga(saga_id, config))
+        click.echo(f"saga {saga_id}: {status.value}")
+        return
+    if not (statuses or saga_name or since or until):
+        raise click.UsageError(
+            "give a SAGA_ID or at least one filter (--status, --name, --since, --until)"
+        )
+    query = _query(statuses, saga_name, since, until, limit)
+    outcome = _run(lambda: bulk_cancel(query, config, dry_run=dry_run))
+    _print_bulk("cancel", outcome)
+
+
+def _print_bulk(verb: str, outcome: Any) -> None:
+    if outcome.dry_run:
+        click.echo(f"{len(outcome.matched)} sagas would {verb} (dry run)")
+        for saga_id in outcome.matched:
+            click.echo(f"  {saga_id}")
+        return
+    for saga_id in outcome.matched:
+        if saga_id in outcome.errors:
+            click.echo(f"  {saga_id}: error: {outcome.errors[saga_id]}")
+        else:
+            click.echo(f"  {saga_id}: {outcome.statuses[saga_id].value}")
+    click.echo(f"{len(outcome.matched)} matched, {len(outcome.errors)} errors")
+    if outcome.errors:
+        raise click.exceptions.Exit(1)
+
+
+@main.command("outbox")
+@click.option(
+    "--status",
+    type=click.Choice(["PENDING", "SENT", "DEAD"], case_sensitive=False),
+    help="Only events in this state (DEAD: dead letters).",
+)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@click.pass_context
+def outbox_command(ctx: click.Context, status: str | None, limit: int, as_json: bool) -> None:
+    """List outbox events and their delivery state, with counts per state."""
+    from sagaz.core.records import OutboxRecord, OutboxStatus
+
+    config = _config(ctx)
+
+    async def fetch() -> tuple[list[OutboxRecord], dict[OutboxStatus, int]]:
+        storage = config.storage
+        await storage.ensure_open()
+        wanted = OutboxStatus(status.upper()) if status else None
+        return await storage.list_outbox(wanted, limit), await storage.outbox_counts()
+
+    records, counts = _run(fetch)
+    if as_json:
+        for rec in records:
+            click.echo(json.dumps(rec.to_dict(), sort_keys=True))
+        return
+    click.echo("  ".join(f"{s.value}: {n}" for s, n in counts.items()))
+    for rec in records:
+        e = rec.event
+        error = f"  ({rec.last_error})" if rec.last_error else ""
+        click.echo(
+            f"{rec.seq:6}  {rec.status.value:7}  {e.event_type:24}  saga {e.saga_id}  "
+            f"attempts {rec.attempts}{error}"
+        )

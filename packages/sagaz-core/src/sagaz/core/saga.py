@@ -30,6 +30,7 @@ from sagaz.core.registry import TriggerBinding, registry
 from sagaz.core.retry import RetryPolicy
 
 if TYPE_CHECKING:
+    from sagaz.core.records import SagaRecord
     from sagaz.core.result import SagaResult
 
 __all__ = ["Saga", "action", "compensate"]
@@ -267,12 +268,9 @@ class Saga:
         or it has finished, its recorded state is returned and nothing runs here. A
         saga already recovered ``config.max_recoveries`` times is parked as FAILED.
         """
-        from sagaz.core.records import Transition, TransitionKind
         from sagaz.core.result import SagaResult
-        from sagaz.core.status import SagaStatus
 
-        config = self.config
-        storage = config.storage
+        storage = self.config.storage
         await storage.ensure_open()
         record = await storage.claim(saga_id)
         if record is None:
@@ -280,6 +278,18 @@ class Saga:
             if current is None:
                 raise SagaNotFoundError(f"no saga {saga_id!r} in {type(storage).__name__}")
             return SagaResult.from_record(current)
+        return await self.run_claimed(record)
+
+    async def run_claimed(self, record: SagaRecord) -> SagaResult:
+        """Run a saga whose lease this process already holds (from ``claim`` or
+        ``claim_runnable``) to a terminal state; workers call this."""
+        from sagaz.core.records import Transition, TransitionKind
+        from sagaz.core.result import SagaResult
+        from sagaz.core.status import SagaStatus
+
+        config = self.config
+        storage = config.storage
+        saga_id = record.saga_id
         if record.saga_name != self.name:
             await storage.release_leases([saga_id])
             raise SagaDefinitionError(
