@@ -267,6 +267,10 @@ class SagaStorage(ABC):
     async def inbox_mark(self, consumer: str, event_id: str) -> bool:
         """Record that ``consumer`` processed ``event_id``; False if it already had."""
 
+    @abstractmethod
+    async def inbox_seen(self, consumer: str, event_id: str) -> bool:
+        """Whether ``consumer`` has recorded ``event_id`` as processed (a read, no write)."""
+
     async def ping(self) -> None:
         """Raise if the backend cannot be reached (used by health routes)."""
         await self.ensure_open()

@@ -342,6 +342,9 @@ class InMemorySagaStorage(SagaStorage):
             counts[rec.status] += 1
         return counts
 
+    async def inbox_seen(self, consumer: str, event_id: str) -> bool:
+        return (consumer, event_id) in self._inbox
+
     async def inbox_mark(self, consumer: str, event_id: str) -> bool:
         key = (consumer, event_id)
         if key in self._inbox:
