@@ -7,10 +7,14 @@ Everything public is importable from here::
 
 from __future__ import annotations
 
+import logging
+
 from sagaz.core._compat import check_no_legacy_sagaz
 from sagaz.core._version import __version__
 
 check_no_legacy_sagaz()
+# A library never configures logging; this keeps "No handlers" warnings away.
+logging.getLogger("sagaz").addHandler(logging.NullHandler())
 
 from sagaz.core.config import (  # noqa: E402
     ENVIRONMENT_VARIABLES,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
@@ -72,13 +73,17 @@ class SagaConfig:
     ) -> None:
         if max_recoveries < 1:
             raise ConfigurationError(f"max_recoveries must be >= 1, got {max_recoveries}")
-        if lease_seconds is not None and lease_seconds <= 0:
-            raise ConfigurationError(f"lease_seconds must be > 0, got {lease_seconds}")
         if max_parallel < 1:
             raise ConfigurationError(f"max_parallel must be >= 1, got {max_parallel}")
-        for name, value in (("step_timeout", step_timeout), ("saga_timeout", saga_timeout)):
-            if value is not None and value <= 0:
-                raise ConfigurationError(f"{name} must be > 0 seconds or None, got {value}")
+        for name, value in (
+            ("lease_seconds", lease_seconds),
+            ("step_timeout", step_timeout),
+            ("saga_timeout", saga_timeout),
+        ):
+            if value is not None and not 0 < value < math.inf:  # NaN fails too
+                raise ConfigurationError(
+                    f"{name} must be > 0 seconds (finite), got {value}"
+                )
         try:
             self.failure_policy = FailurePolicy(failure_policy)
         except ValueError:
@@ -116,38 +121,41 @@ class SagaConfig:
         """
         env = os.environ if env is None else env
         kwargs: dict[str, Any] = {}
-        if "SAGAZ_STORAGE_URL" in env:
-            kwargs["storage_url"] = env["SAGAZ_STORAGE_URL"]
-        if "SAGAZ_MAX_PARALLEL" in env:
-            kwargs["max_parallel"] = _parse(env, "SAGAZ_MAX_PARALLEL", int)
-        if "SAGAZ_STEP_TIMEOUT" in env:
-            kwargs["step_timeout"] = _parse(env, "SAGAZ_STEP_TIMEOUT", float)
-        if "SAGAZ_SAGA_TIMEOUT" in env:
-            kwargs["saga_timeout"] = _parse(env, "SAGAZ_SAGA_TIMEOUT", float)
-        if "SAGAZ_RETRY_ATTEMPTS" in env:
-            attempts = _parse(env, "SAGAZ_RETRY_ATTEMPTS", int)
-            if attempts < 1:
-                raise ConfigurationError(f"SAGAZ_RETRY_ATTEMPTS must be >= 1, got {attempts}")
-            kwargs["retry"] = RetryPolicy(max_attempts=attempts)
-        if "SAGAZ_OUTBOX" in env:
-            flag = env["SAGAZ_OUTBOX"].strip().lower()
-            if flag not in {"1", "0", "true", "false", "yes", "no", "on", "off", ""}:
+        # Each variable is checked on its own so an error names the variable.
+        for variable, keyword, parse in _ENV_FIELDS:
+            if variable not in env:
+                continue
+            value = parse(env, variable)
+            try:
+                cls(**{keyword: value})
+            except ConfigurationError as exc:
                 raise ConfigurationError(
-                    f"environment variable SAGAZ_OUTBOX={env['SAGAZ_OUTBOX']!r} is not a "
-                    "boolean; use 1/0, true/false, yes/no or on/off"
-                )
-            kwargs["outbox"] = flag in {"1", "true", "yes", "on"}
-        if "SAGAZ_LEASE_SECONDS" in env:
-            kwargs["lease_seconds"] = _parse(env, "SAGAZ_LEASE_SECONDS", float)
-        if "SAGAZ_MAX_RECOVERIES" in env:
-            kwargs["max_recoveries"] = _parse(env, "SAGAZ_MAX_RECOVERIES", int)
-        if "SAGAZ_FAILURE_POLICY" in env:
-            kwargs["failure_policy"] = env["SAGAZ_FAILURE_POLICY"].strip().lower()
+                    f"environment variable {variable}={env[variable]!r} is invalid: {exc} "
+                    f"({ENVIRONMENT_VARIABLES[variable]})"
+                ) from None
+            kwargs[keyword] = value
         kwargs.update(overrides)
-        try:
-            return cls(**kwargs)
-        except ConfigurationError as exc:
-            raise ConfigurationError(f"{exc} (from the SAGAZ_* environment)") from None
+        return cls(**kwargs)
+
+
+def _retry_from_env(env: Mapping[str, str], name: str) -> RetryPolicy:
+    attempts = _parse(env, name, int)
+    if attempts < 1:
+        raise ConfigurationError(
+            f"environment variable {name}={env[name]!r} must be >= 1 "
+            f"({ENVIRONMENT_VARIABLES[name]})"
+        )
+    return RetryPolicy(max_attempts=attempts)
+
+
+def _bool_from_env(env: Mapping[str, str], name: str) -> bool:
+    flag = env[name].strip().lower()
+    if flag not in {"1", "0", "true", "false", "yes", "no", "on", "off", ""}:
+        raise ConfigurationError(
+            f"environment variable {name}={env[name]!r} is not a boolean; use 1/0, "
+            "true/false, yes/no or on/off"
+        )
+    return flag in {"1", "true", "yes", "on"}
 
 
 def _parse(env: Mapping[str, str], name: str, kind: Callable[[str], _T]) -> _T:
@@ -178,3 +186,16 @@ def get_config() -> SagaConfig:
     if _global_config is None:
         _global_config = SagaConfig.from_env()
     return _global_config
+
+
+_ENV_FIELDS: tuple[tuple[str, str, Callable[[Mapping[str, str], str], Any]], ...] = (
+    ("SAGAZ_STORAGE_URL", "storage_url", lambda env, name: env[name]),
+    ("SAGAZ_MAX_PARALLEL", "max_parallel", lambda env, name: _parse(env, name, int)),
+    ("SAGAZ_STEP_TIMEOUT", "step_timeout", lambda env, name: _parse(env, name, float)),
+    ("SAGAZ_SAGA_TIMEOUT", "saga_timeout", lambda env, name: _parse(env, name, float)),
+    ("SAGAZ_RETRY_ATTEMPTS", "retry", _retry_from_env),
+    ("SAGAZ_FAILURE_POLICY", "failure_policy", lambda env, name: env[name].strip().lower()),
+    ("SAGAZ_OUTBOX", "outbox", _bool_from_env),
+    ("SAGAZ_LEASE_SECONDS", "lease_seconds", lambda env, name: _parse(env, name, float)),
+    ("SAGAZ_MAX_RECOVERIES", "max_recoveries", lambda env, name: _parse(env, name, int)),
+)

@@ -85,12 +85,6 @@ def to_mermaid(
                 classes.setdefault(state, []).append(comp_id)
         if record is not None:
             state = "pending" if recorded is None else _STATE_OF[recorded.status]
-            if recorded is not None and recorded.status in {
-                StepStatus.COMPENSATED,
-                StepStatus.COMPENSATING,
-                StepStatus.COMPENSATION_FAILED,
-            }:
-                state = "compensated"
             classes.setdefault(state, []).append(ids[name])
     if record is not None:
         for state, style in STATE_STYLES.items():

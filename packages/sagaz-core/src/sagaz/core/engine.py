@@ -131,8 +131,14 @@ class _DuplicateSagaError(Exception):
 
 
 _DONE = frozenset({StepStatus.COMPLETED})
-_TO_UNDO = frozenset(
-    {StepStatus.COMPLETED, StepStatus.COMPENSATING, StepStatus.COMPENSATION_FAILED}
+#: Steps whose action completed (whatever became of their compensation since).
+_RAN = frozenset(
+    {
+        StepStatus.COMPLETED,
+        StepStatus.COMPENSATING,
+        StepStatus.COMPENSATED,
+        StepStatus.COMPENSATION_FAILED,
+    }
 )
 
 
@@ -222,7 +228,7 @@ class SagaExecution:
             self.completed = [s.name for s in by_start if s.status in _DONE and s.name in known]
             return
         # COMPENSATING: undo what is still done; keep what was compensated already.
-        self.completed = [s.name for s in by_start if s.status in _TO_UNDO and s.name in known]
+        self.completed = [s.name for s in by_start if s.status in _RAN and s.name in known]
         self.compensated = [
             s.name
             for s in sorted(steps.values(), key=lambda s: s.finished_at or 0.0)
@@ -282,11 +288,17 @@ class SagaExecution:
     async def run(self) -> SagaResult:
         """Execute (or continue) the saga to a terminal state and return its result."""
         started = time.perf_counter()
-        await self.storage.ensure_open()
-        if not self.storage.durable:
-            return await self._run(started)
-        async with self.storage.holding_leases():
-            return await self._run(started)
+        storage = self.storage
+        await storage.ensure_open()
+        active = storage.running_here
+        active.add(self.saga_id)
+        try:
+            if not storage.durable:
+                return await self._run(started)
+            async with storage.holding_leases():
+                return await self._run(started)
+        finally:
+            active.discard(self.saga_id)
 
     async def _run(self, started: float) -> SagaResult:
         try:
@@ -412,10 +424,15 @@ class SagaExecution:
                 await self._cancel(running)
 
     async def _cancel(self, running: dict[asyncio.Task[_Failure | None], str]) -> None:
+        """Stop running siblings: async steps are cancelled; plain-function steps run in
+        a thread that cannot be stopped, so they are waited for (and compensated later
+        if they completed)."""
         tasks = list(running)
-        running.clear()
+        steps = self.definition.steps
         for task in tasks:
-            task.cancel()
+            if steps[running[task]].action_is_async:
+                task.cancel()
+        running.clear()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._flush()
 
@@ -551,7 +568,11 @@ class SagaExecution:
                 await self._notify("on_step_failed", name, attempt, error, elapsed)
             if not retry:
                 return _Failure(name, text, error)
-            await asyncio.sleep(policy.delay(attempt))
+            try:
+                await asyncio.sleep(policy.delay(attempt))
+            except asyncio.CancelledError:
+                self._cancelled.append(name)  # the saga timed out while this step waited
+                raise
 
     def _cancel_pending(self) -> bool:
         """Whether the last write reported an operator's cancel request."""

@@ -76,6 +76,8 @@ async def cancel_saga(saga_id: str, config: SagaConfig | None = None) -> SagaSta
     if current.status.is_terminal:
         return current.status
     await storage.request_cancel(saga_id)
+    if saga_id in storage.running_here:
+        return current.status  # this process runs it: it compensates at its next step
     record = await storage.claim(saga_id)
     if record is None:
         return current.status  # the owner compensates it at its next step boundary

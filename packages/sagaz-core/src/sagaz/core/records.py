@@ -122,13 +122,13 @@ class StepRecord:
     compensation_attempts: int = 0
     compensation_error: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view of the step."""
+    def to_dict(self, *, include_result: bool = True) -> dict[str, Any]:
+        """A JSON-ready view of the step (``result`` is None unless included)."""
         return {
             "name": self.name,
             "status": self.status.value,
             "attempts": self.attempts,
-            "result": self.result,
+            "result": self.result if include_result else None,
             "error": self.error,
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),
@@ -232,7 +232,10 @@ class SagaRecord:
     def to_dict(
         self, *, include_context: bool = True, include_history: bool = True
     ) -> dict[str, Any]:
-        """A JSON-ready view of the saga (the body of the status routes)."""
+        """A JSON-ready view of the saga (the body of the status routes).
+
+        ``include_context=False`` also leaves out step results (they are part of it).
+        """
         data: dict[str, Any] = {
             "saga_id": self.saga_id,
             "saga_name": self.saga_name,
@@ -245,7 +248,7 @@ class SagaRecord:
             "compensated_steps": self.compensated_steps,
             "failed_step": self.failed_step,
             "error": self.error,
-            "steps": [s.to_dict() for s in self._by_start()],
+            "steps": [s.to_dict(include_result=include_context) for s in self._by_start()],
         }
         if include_context:
             data["context"] = self.context

@@ -160,6 +160,8 @@ async def recover_unfinished(config: SagaConfig | None = None, *, limit: int = 1
     runner = get_runner()
     submitted = []
     for record in unfinished:
+        if record.saga_id in storage.running_here:
+            continue
         if record.saga_name not in known:
             logger.error(
                 "sagaz: cannot recover saga %s: no saga named %r is registered in this "

@@ -212,6 +212,8 @@ class Saga:
                 f"{type(self).__qualname__} is declarative (it has @action methods); "
                 "add_step is for sagas built with Saga(name=...). Do not mix the two styles."
             )
+        if name in self._definition.steps:
+            raise SagaDefinitionError(f"saga {self.name!r} defines step {name!r} twice")
         if depends_on is None:
             order = self._definition.order
             depends_on = order[-1:] if order else ()
@@ -272,7 +274,7 @@ class Saga:
 
         storage = self.config.storage
         await storage.ensure_open()
-        record = await storage.claim(saga_id)
+        record = None if saga_id in storage.running_here else await storage.claim(saga_id)
         if record is None:
             current = await storage.load(saga_id)
             if current is None:
@@ -360,8 +362,15 @@ def _collect_steps(cls: type[Saga]) -> tuple[_DeclaredStep, ...]:
 def _steps_of(owner: object, declared: tuple[_DeclaredStep, ...]) -> list[StepDefinition]:
     steps = []
     previous: str | None = None
+    seen: set[str] = set()
     for item in declared:
         spec = item.action
+        if spec.name in seen:
+            label = owner.__name__ if isinstance(owner, type) else type(owner).__name__
+            raise SagaDefinitionError(
+                f"saga {label} defines step {spec.name!r} twice (again on method {item.method})"
+            )
+        seen.add(spec.name)
         if spec.depends_on is None:
             deps: tuple[str, ...] = (previous,) if previous is not None else ()
         else:

@@ -58,6 +58,19 @@ class SagaStorage(ABC):
         self._owner: tuple[int, str] | None = None
         self._held = 0
         self._keeper: asyncio.Task[None] | None = None
+        self._running_here: tuple[int, set[str]] = (os.getpid(), set())
+
+    @property
+    def running_here(self) -> set[str]:
+        """Ids of the sagas this process is executing right now (empty in a forked child).
+
+        :meth:`~sagaz.core.Saga.resume`, recovery and cancellation consult it so a saga
+        is never executed twice at once by the process that holds its lease.
+        """
+        pid = os.getpid()
+        if self._running_here[0] != pid:
+            self._running_here = (pid, set())
+        return self._running_here[1]
 
     @property
     def owner_id(self) -> str:

@@ -7,6 +7,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from sagaz.core.errors import StorageError
 from sagaz.core.records import (
     SAGA_STATUS_BY_KIND,
     HistoryEntry,
@@ -113,6 +114,11 @@ class InMemorySagaStorage(SagaStorage):
         transitions: Sequence[Transition] = (),
         events: Sequence[OutboxEvent] = (),
     ) -> tuple[str, bool]:
+        if new.saga_id in self._sagas:
+            raise StorageError(
+                f"saga id {new.saga_id!r} is already recorded; pass a new saga_id "
+                "(or none: one is generated)"
+            )
         if new.idempotency_key is not None:
             key = (new.saga_name, new.idempotency_key)
             existing = self._keys.get(key)
