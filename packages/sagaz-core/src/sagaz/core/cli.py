@@ -48,7 +48,7 @@ def _config(ctx: click.Context) -> SagaConfig:
     root = ctx.find_root()
     url = root.params.get("storage_url") or DEFAULT_CLI_STORAGE_URL
     try:
-        config = SagaConfig(storage_url=url)
+        config = SagaConfig.from_env(storage_url=url)
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
     root.obj = config
@@ -296,7 +296,11 @@ def _query(
 @main.command("worker")
 @click.option("--module", "-m", "modules", multiple=True, help=_MODULES_HELP)
 @click.option("--concurrency", default=10, show_default=True, type=click.IntRange(1))
-@click.option("--lease-seconds", default=30.0, show_default=True, type=click.FloatRange(min=0.1))
+@click.option(
+    "--lease-seconds",
+    type=click.FloatRange(min=0.1),
+    help="Lease length (default: SAGAZ_LEASE_SECONDS or 30).",
+)
 @click.option("--poll-interval", default=1.0, show_default=True, type=click.FloatRange(min=0.01))
 @click.option("--grace-period", default=30.0, show_default=True, type=click.FloatRange(min=0))
 @click.option(
@@ -310,7 +314,7 @@ def worker_command(
     ctx: click.Context,
     modules: tuple[str, ...],
     concurrency: int,
-    lease_seconds: float,
+    lease_seconds: float | None,
     poll_interval: float,
     grace_period: float,
     broker_url: str | None,
@@ -322,7 +326,8 @@ def worker_command(
 
     imported = _import_modules(modules)
     config = _config(ctx)
-    config.storage.lease_seconds = lease_seconds
+    if lease_seconds is not None:
+        config.storage.lease_seconds = lease_seconds
 
     async def work() -> None:
         relay = None
@@ -534,3 +539,7 @@ def outbox_command(ctx: click.Context, status: str | None, limit: int, as_json: 
             f"{rec.seq:6}  {rec.status.value:7}  {e.event_type:24}  saga {e.saga_id}  "
             f"attempts {rec.attempts}{error}"
         )
+
+
+if __name__ == "__main__":  # python -m sagaz.core.cli
+    main()
