@@ -45,6 +45,11 @@ async def _closing(factory: Callable[[], Awaitable[_T]]) -> _T:
 
 
 def _config(ctx: click.Context) -> SagaConfig:
+    """The config of this invocation: one passed as ``obj`` (e.g. by a framework's CLI)
+    or one built from --storage-url and the SAGAZ_* environment."""
+    given = ctx.find_object(SagaConfig)
+    if given is not None:
+        return given
     root = ctx.find_root()
     url = root.params.get("storage_url") or DEFAULT_CLI_STORAGE_URL
     try:

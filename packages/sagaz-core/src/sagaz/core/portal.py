@@ -25,6 +25,22 @@ _lock = threading.Lock()
 _portal: BlockingPortal | None = None
 _portal_cm: AbstractContextManager[BlockingPortal] | None = None
 _pid: int | None = None
+# A forked child inherits the parent's portal objects but not its loop thread; exiting
+# them would wait forever on that dead loop, so they are kept here, never exited.
+_inherited: list[object] = []
+
+
+def _after_fork_in_child() -> None:
+    global _lock, _portal, _portal_cm, _pid
+    _lock = threading.Lock()  # the parent may have held it while forking
+    if _portal_cm is not None:
+        _inherited.append(_portal_cm)
+    _portal = _portal_cm = None
+    _pid = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def get_portal() -> BlockingPortal:

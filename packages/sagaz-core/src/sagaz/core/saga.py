@@ -180,6 +180,11 @@ class Saga:
         return self._definition
 
     @property
+    def own_config(self) -> SagaConfig | None:
+        """The config given to this saga itself (None: it uses the process-wide one)."""
+        return self._config
+
+    @property
     def config(self) -> SagaConfig:
         """This saga's config, or the process-wide one."""
         return self._config if self._config is not None else get_config()

@@ -29,6 +29,7 @@ from sagaz.core.config import SagaConfig, get_config
 from sagaz.core.diagrams import to_mermaid
 from sagaz.core.errors import (
     ContextNotSerializableError,
+    SagaError,
     TriggerPayloadError,
     UnknownSagaError,
     UnknownSourceError,
@@ -105,8 +106,22 @@ def _is_json_type(content_type: str | None) -> bool:
     )
 
 
+def _unavailable(exc: BaseException, correlation_id: str | None) -> WebResponse:
+    logger.warning("sagaz: storage unavailable while serving a request: %s", exc)
+    return error_response(
+        503,
+        "storage_unavailable",
+        "saga storage is unavailable right now; nothing was recorded, retry later",
+        correlation_id,
+    )
+
+
 class WebhookService:
-    """The logic behind the shared routes, used by every plugin."""
+    """The logic behind the shared routes, used by every plugin.
+
+    Storage failures become a 503 with a JSON body (nothing half-written: every
+    storage write is atomic), never a 500.
+    """
 
     def __init__(
         self,
@@ -124,6 +139,20 @@ class WebhookService:
         return self._config if self._config is not None else get_config()
 
     # -- POST {prefix}/{source} --------------------------------------------------
+
+    def check_content_length(
+        self, length: int | None, correlation_id: str | None = None
+    ) -> WebResponse | None:
+        """A 413 when a declared Content-Length is over the limit (before reading it)."""
+        limit = self.settings.max_body_bytes
+        if length is not None and length > limit:
+            return error_response(
+                413,
+                "payload_too_large",
+                f"the body is {length} bytes; the limit is {limit} bytes",
+                correlation_id,
+            )
+        return None
 
     async def handle_webhook(
         self,
@@ -200,6 +229,8 @@ class WebhookService:
             return error_response(400, "invalid_payload", str(exc), correlation_id)
         except UnknownSourceError as exc:  # pragma: no cover - raced with registration
             return error_response(404, "unknown_source", str(exc), correlation_id)
+        except (SagaError, OSError) as exc:
+            return _unavailable(exc, correlation_id)
         message = (
             "Duplicate event: the saga for this idempotency key already exists"
             if fired.duplicate
@@ -224,8 +255,17 @@ class WebhookService:
     async def source_status(self, source: str, correlation_id: str) -> WebResponse:
         """The sagas started by events at ``source`` with ``correlation_id``."""
         storage = self.config.storage
-        await storage.ensure_open()
-        events = await storage.find_trigger_events(correlation_id, source)
+        try:
+            await storage.ensure_open()
+            events = await storage.find_trigger_events(correlation_id, source)
+            records = [
+                record
+                for event in events
+                for saga_id in event.saga_ids
+                if (record := await storage.load(saga_id)) is not None
+            ]
+        except (SagaError, OSError) as exc:
+            return _unavailable(exc, correlation_id)
         if not events:
             return error_response(
                 404,
@@ -233,12 +273,6 @@ class WebhookService:
                 f"no event at source {source!r} has correlation id {correlation_id!r}",
                 correlation_id,
             )
-        records: list[SagaRecord] = []
-        for event in events:
-            for saga_id in event.saga_ids:
-                record = await storage.load(saga_id)
-                if record is not None:
-                    records.append(record)
         status, message = _overall(records)
         return WebResponse(
             200,
@@ -256,14 +290,20 @@ class WebhookService:
 
     async def saga_status(self, saga_id: str) -> WebResponse:
         """One saga's state, steps, failed step and error (and context if exposed)."""
-        record = await self._load(saga_id)
+        try:
+            record = await self._load(saga_id)
+        except (SagaError, OSError) as exc:
+            return _unavailable(exc, None)
         if record is None:
             return self._not_found(saga_id)
         return WebResponse(200, self._saga_body(record))
 
     async def saga_diagram(self, saga_id: str) -> WebResponse:
         """The Mermaid diagram of one saga with its step states highlighted."""
-        record = await self._load(saga_id)
+        try:
+            record = await self._load(saga_id)
+        except (SagaError, OSError) as exc:
+            return _unavailable(exc, None)
         if record is None:
             return self._not_found(saga_id)
         try:

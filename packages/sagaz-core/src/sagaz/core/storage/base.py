@@ -58,6 +58,7 @@ class SagaStorage(ABC):
         self._owner: tuple[int, str] | None = None
         self._held = 0
         self._keeper: asyncio.Task[None] | None = None
+        self._opened_pid = os.getpid()
         self._running_here: tuple[int, set[str]] = (os.getpid(), set())
 
     @property
@@ -113,15 +114,26 @@ class SagaStorage(ABC):
         return self._opened
 
     async def ensure_open(self) -> None:
-        """Open the backend once, however many tasks ask at the same time."""
+        """Open the backend once, however many tasks ask at the same time.
+
+        In a process forked after opening (gunicorn workers), the parent's connections
+        and threads are unusable: the backend is opened anew in the child.
+        """
         if self._opened:
-            return
+            if self._opened_pid == os.getpid():
+                return
+            # Forked: forget the parent's connections (never close them from here).
+            self._opened = False
+            self._open_lock = None
+            self._keeper = None
+            self._held = 0
         if self._open_lock is None:
             self._open_lock = asyncio.Lock()
         async with self._open_lock:
             if not self._opened:
                 await self._open()
                 self._opened = True
+                self._opened_pid = os.getpid()
 
     async def close(self) -> None:
         """Release connections and files; the storage can be opened again later."""
