@@ -65,8 +65,8 @@ PLUGINS: dict[str, dict[str, Any]] = {
         "module": "sagaz.integrations.flask",
         "framework": "flask",
         "versions": {
-            # Flask 2.3 resolves Werkzeug 3.x unless its companion is pinned too.
-            "2.3": {"pins": ["flask~=2.3.0", "werkzeug~=2.3.0"]},
+            # Flask 2.0 imports only with Werkzeug 2.x: pin the companion too.
+            "2.0": {"pins": ["flask~=2.0.0", "werkzeug~=2.0.0"]},
             "latest": {"pins": []},
         },
         "deps": ["gunicorn"],

@@ -1,0 +1,163 @@
+"""The webhook blueprint: Flask routes mapped onto :class:`sagaz.core.web.WebhookService`.
+
+The paths, status codes and JSON bodies are the core's (DESIGN section 4), the same in
+every Sagaz web plugin; this module only turns Flask requests into service calls on the
+background loop and :class:`~sagaz.core.web.WebResponse` objects into Flask responses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import IO, TYPE_CHECKING, Any
+
+from flask import Blueprint, Response, g, request
+
+from sagaz.core import (
+    CORRELATION_ID_HEADER,
+    Saga,
+    StorageError,
+    correlation_id_from_header,
+    is_valid_correlation_id,
+    to_mermaid,
+)
+from sagaz.core.web import SIGNATURE_HEADER, WebhookService, WebResponse, error_response
+from sagaz.integrations.flask.extension import json_response
+
+if TYPE_CHECKING:
+    from sagaz.integrations.flask.extension import SagaFlaskState
+
+__all__ = ["diagram_body", "make_webhook_blueprint", "read_bounded"]
+
+logger = logging.getLogger("sagaz.flask")
+
+_CHUNK = 64 * 1024
+
+
+def read_bounded(stream: IO[bytes], limit: int) -> bytes | None:
+    """Read ``stream`` to its end, or return None as soon as it exceeds ``limit`` bytes.
+
+    At most ``limit + 1`` bytes are ever held, whatever the client sends.
+    """
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = stream.read(min(_CHUNK, limit + 1 - total))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            return None
+
+
+def _too_large(length: int | None, limit: int) -> Response:
+    size = f"{length} bytes" if length is not None else f"more than {limit} bytes"
+    response = json_response(
+        error_response(413, "payload_too_large", f"the body is {size}; the limit is {limit} bytes")
+    )
+    # The unread rest of the body stays in the connection: do not reuse it.
+    response.headers["Connection"] = "close"
+    return response
+
+
+def _answer(
+    state: SagaFlaskState, func: Callable[..., Awaitable[WebResponse]], *args: Any, **kwargs: Any
+) -> Response:
+    """Call the service on the background loop; storage trouble is a JSON 503."""
+    try:
+        result = state.call(func, *args, **kwargs)
+    except StorageError as exc:
+        logger.warning("sagaz: storage error on %s %s: %s", request.method, request.path, exc)
+        result = error_response(503, "storage_unavailable", f"saga storage failed: {exc}")
+    except Exception:
+        logger.exception("sagaz: unexpected error on %s %s", request.method, request.path)
+        result = error_response(
+            500, "internal_error", "the server failed to handle this request; see its log"
+        )
+    return json_response(result)
+
+
+def _correlation_id() -> str:
+    value = g.get("correlation_id")
+    if isinstance(value, str):
+        return value
+    return correlation_id_from_header(request.headers.get(CORRELATION_ID_HEADER))
+
+
+def make_webhook_blueprint(name: str, state: SagaFlaskState, service: WebhookService) -> Blueprint:
+    """A blueprint with the webhook, status, diagram and health routes (no prefix yet)."""
+    blueprint = Blueprint(name, __name__)
+    limit = service.settings.max_body_bytes
+
+    @blueprint.post("/<source>")
+    def webhook(source: str) -> Response:
+        """Start the sagas triggered by ``source`` with the JSON body (202)."""
+        length = request.content_length
+        if length is not None and length > limit:
+            return _too_large(length, limit)
+        body = read_bounded(request.stream, limit)
+        if body is None:
+            return _too_large(None, limit)
+        return _answer(
+            state,
+            service.handle_webhook,
+            source,
+            body,
+            content_type=request.headers.get("Content-Type"),
+            correlation_id=_correlation_id(),
+            signature=request.headers.get(SIGNATURE_HEADER),
+        )
+
+    @blueprint.get("/<source>/status/<correlation_id>")
+    def source_status(source: str, correlation_id: str) -> Response:
+        """The sagas started by events at ``source`` with ``correlation_id``."""
+        return _answer(state, service.source_status, source, correlation_id)
+
+    @blueprint.get("/status/<saga_id>")
+    def saga_status(saga_id: str) -> Response:
+        """One saga's state, read from storage."""
+        return _answer(state, service.saga_status, saga_id)
+
+    @blueprint.get("/status/<saga_id>/diagram")
+    def saga_diagram(saga_id: str) -> Response:
+        """One saga's Mermaid diagram with its step states."""
+        return _answer(state, service.saga_diagram, saga_id)
+
+    @blueprint.get("/health")
+    def health() -> Response:
+        """200 when storage answers, 503 when it does not."""
+        return _answer(state, service.health)
+
+    return blueprint
+
+
+async def diagram_body(
+    saga: Saga, saga_id: str | None, direction: str, extra: Mapping[str, Any]
+) -> WebResponse:
+    """The body of :meth:`SagaFlask.diagram_response` (runs on the background loop)."""
+    record = None
+    if saga_id is not None:
+        if is_valid_correlation_id(saga_id):  # the same safe-name rule as saga ids
+            storage = saga.config.storage
+            await storage.ensure_open()
+            record = await storage.load(saga_id)
+        if record is None:
+            shown = saga_id if is_valid_correlation_id(saga_id) else "(invalid id)"
+            return error_response(404, "not_found", f"no saga with id {shown!r}")
+        if record.saga_name != saga.name:
+            return error_response(
+                404,
+                "not_found",
+                f"saga {saga_id!r} is a {record.saga_name!r}, not a {saga.name!r}",
+            )
+    try:
+        mermaid = to_mermaid(saga, record, direction=direction)
+    except ValueError as exc:
+        return error_response(400, "invalid_direction", str(exc))
+    body: dict[str, Any] = {**extra, "saga_name": saga.name, "direction": direction}
+    if record is not None:
+        body["saga_id"] = record.saga_id
+        body["state"] = record.status.value
+    body["mermaid"] = mermaid
+    return WebResponse(200, body)
