@@ -33,8 +33,14 @@ PACKAGES = ROOT / "packages"
 DIST = ROOT / "dist"
 
 CORE = "packages/sagaz-core"
-CORE_EXTRAS = "sqlite,postgres,redis,rabbitmq"
-TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.24", "coverage[toml]>=7.6", "hypothesis>=6.100"]
+CORE_EXTRAS = "sqlite,postgres,redis,rabbitmq,otel,prometheus"
+TEST_DEPS = [
+    "pytest>=8",
+    "pytest-asyncio>=0.24",
+    "coverage[toml]>=7.6",
+    "hypothesis>=6.100",
+    "opentelemetry-sdk>=1.20",
+]
 RUFF = "ruff~=0.17.0"
 MYPY = "mypy~=2.4.0"
 FAIL_UNDER = 90  # branch coverage, per distribution (DESIGN section 5)

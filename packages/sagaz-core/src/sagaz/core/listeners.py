@@ -83,7 +83,7 @@ async def notify_listeners(
     for listener in listeners:
         try:
             outcome = getattr(listener, method)(event)
-            if inspect.isawaitable(outcome):
+            if outcome is not None and inspect.isawaitable(outcome):
                 await outcome
         except Exception:
             logger.exception(
@@ -95,22 +95,53 @@ async def notify_listeners(
 
 
 class LoggingListener(SagaListener):
-    """Logs one line per transition on the ``sagaz.events`` logger.
+    """Logs one line per saga and step transition on the ``sagaz.events`` logger.
 
-    The record carries ``saga_id``, ``saga_name``, ``step``, ``attempt`` and
-    ``correlation_id`` as attributes for structured formatters.
+    Every record carries these attributes (for JSON and other structured formatters):
+    ``saga_id``, ``saga_name``, ``step``, ``attempt``, ``correlation_id`` (the five
+    every ``sagaz`` record may carry, see
+    :class:`~sagaz.core.observability.SagaLogFilter`) and ``saga_event`` (e.g.
+    ``"saga.started"``, ``"step.failed"``), ``saga_status`` (the saga's status after a
+    saga transition, else None), ``duration`` (seconds, for finished steps and
+    compensations) and ``error`` (``"ExceptionType: message"`` or None).
+
+    Levels: ``level`` (INFO) for saga starts and completions, ``step_level`` (default:
+    ``level``) for step and compensation starts and completions, WARNING for failed
+    step attempts and compensated sagas, ERROR for failed compensations and FAILED
+    sagas. ``LoggingListener(step_level=logging.DEBUG)`` gives one INFO line per saga
+    transition and keeps step lines for debugging. Nothing is logged unless the host
+    application configures handlers (Sagaz never calls ``logging.basicConfig``).
     """
 
-    def __init__(self, level: int = logging.INFO, logger_name: str = "sagaz.events") -> None:
+    def __init__(
+        self,
+        level: int = logging.INFO,
+        logger_name: str = "sagaz.events",
+        *,
+        step_level: int | None = None,
+    ) -> None:
         self.level = level
+        self.step_level = level if step_level is None else step_level
         self.logger = logging.getLogger(logger_name)
 
-    def _log(self, what: str, event: SagaListenerEvent, level: int | None = None) -> None:
-        lvl = self.level if level is None else level
+    def _log(
+        self,
+        what: str,
+        event: SagaListenerEvent,
+        lvl: int,
+        kind: str,
+        status: SagaStatus | None = None,
+    ) -> None:
         if not self.logger.isEnabledFor(lvl):
             return
+        saga_status = event.status if event.status is not None else status
         where = f" step {event.step} attempt {event.attempt}" if event.step else ""
-        error = f": {type(event.error).__name__}: {event.error}" if event.error else ""
+        error_text = None
+        if event.error is not None:
+            text = str(event.error)
+            error_text = (
+                f"{type(event.error).__name__}: {text}" if text else type(event.error).__name__
+            )
         self.logger.log(
             lvl,
             "saga %s (%s)%s %s%s",
@@ -118,56 +149,60 @@ class LoggingListener(SagaListener):
             event.saga_id,
             where,
             what,
-            error,
+            f": {error_text}" if error_text else "",
             extra={
                 "saga_id": event.saga_id,
                 "saga_name": event.saga_name,
                 "step": event.step,
                 "attempt": event.attempt,
                 "correlation_id": event.correlation_id,
+                "saga_event": kind,
+                "saga_status": None if saga_status is None else saga_status.value,
+                "duration": event.duration,
+                "error": error_text,
             },
         )
 
     def on_saga_started(self, event: SagaListenerEvent) -> None:
         """Log the start."""
-        self._log("started", event)
+        self._log("started", event, self.level, "saga.started", SagaStatus.RUNNING)
 
     def on_saga_completed(self, event: SagaListenerEvent) -> None:
         """Log the completion."""
-        self._log("completed", event)
+        self._log("completed", event, self.level, "saga.completed")
 
     def on_saga_compensating(self, event: SagaListenerEvent) -> None:
-        """Log the start of compensation."""
-        self._log("compensating", event, logging.WARNING)
+        """Log the start of compensation (``step`` names the step that failed)."""
+        self._log("compensating", event, logging.WARNING, "saga.compensating")
 
     def on_saga_compensated(self, event: SagaListenerEvent) -> None:
         """Log the end of compensation."""
-        self._log("compensated", event, logging.WARNING)
+        self._log("compensated", event, logging.WARNING, "saga.compensated")
 
     def on_saga_failed(self, event: SagaListenerEvent) -> None:
         """Log a saga that needs intervention."""
-        self._log("FAILED (needs intervention)", event, logging.ERROR)
+        self._log("FAILED (needs intervention)", event, logging.ERROR, "saga.failed")
 
     def on_step_started(self, event: SagaListenerEvent) -> None:
         """Log a step attempt."""
-        self._log("started", event)
+        self._log("started", event, self.step_level, "step.started")
 
     def on_step_completed(self, event: SagaListenerEvent) -> None:
         """Log a completed step."""
-        self._log("completed", event)
+        self._log("completed", event, self.step_level, "step.completed")
 
     def on_step_failed(self, event: SagaListenerEvent) -> None:
         """Log a failed step attempt."""
-        self._log("failed", event, logging.WARNING)
+        self._log("failed", event, logging.WARNING, "step.failed")
 
     def on_compensation_started(self, event: SagaListenerEvent) -> None:
         """Log a compensation attempt."""
-        self._log("compensation started", event)
+        self._log("compensation started", event, self.step_level, "compensation.started")
 
     def on_compensation_completed(self, event: SagaListenerEvent) -> None:
         """Log a completed compensation."""
-        self._log("compensated", event)
+        self._log("compensated", event, self.step_level, "compensation.completed")
 
     def on_compensation_failed(self, event: SagaListenerEvent) -> None:
         """Log a failed compensation attempt."""
-        self._log("compensation failed", event, logging.ERROR)
+        self._log("compensation failed", event, logging.ERROR, "compensation.failed")
