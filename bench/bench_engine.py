@@ -82,8 +82,10 @@ def floor_sqlite(path: str, n: int) -> float:
             if n_write == 0:
                 db.execute("INSERT INTO s VALUES (?, ?, ?, ?)", (sid, status, json.dumps({}), 0.0))
             else:
-                db.execute("UPDATE s SET status = ?, ctx = ?, updated = ? WHERE id = ?",
-                           (status, json.dumps({}), time.time(), sid))
+                db.execute(
+                    "UPDATE s SET status = ?, ctx = ?, updated = ? WHERE id = ?",
+                    (status, json.dumps({}), time.time(), sid),
+                )
             for kind in kinds:
                 seq += 1
                 db.execute("INSERT INTO h VALUES (?, ?, ?, ?)", (sid, seq, kind, "x"))

@@ -81,9 +81,7 @@ class SagaConfig:
             ("saga_timeout", saga_timeout),
         ):
             if value is not None and not 0 < value < math.inf:  # NaN fails too
-                raise ConfigurationError(
-                    f"{name} must be > 0 seconds (finite), got {value}"
-                )
+                raise ConfigurationError(f"{name} must be > 0 seconds (finite), got {value}")
         try:
             self.failure_policy = FailurePolicy(failure_policy)
         except ValueError:
