@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sagaz.core.config import FailurePolicy, SagaConfig
+from sagaz.core.context import SagaContextManager
 from sagaz.core.definition import SagaDefinition, StepDefinition, StepFunction
 from sagaz.core.errors import (
     ContextNotSerializableError,
@@ -293,12 +294,20 @@ class SagaExecution:
         active = storage.running_here
         active.add(self.saga_id)
         try:
-            if not storage.durable:
-                return await self._run(started)
-            async with storage.holding_leases():
-                return await self._run(started)
+            cid = self.correlation_id
+            if cid is None or SagaContextManager.get("correlation_id") == cid:
+                return await self._run_holding_leases(started)
+            # A resumed saga (worker, recovery) keeps the id of the request that started it.
+            with SagaContextManager.scope(**SagaContextManager.snapshot(), correlation_id=cid):
+                return await self._run_holding_leases(started)
         finally:
             active.discard(self.saga_id)
+
+    async def _run_holding_leases(self, started: float) -> SagaResult:
+        if not self.storage.durable:
+            return await self._run(started)
+        async with self.storage.holding_leases():
+            return await self._run(started)
 
     async def _run(self, started: float) -> SagaResult:
         try:

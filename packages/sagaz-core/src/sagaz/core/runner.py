@@ -41,21 +41,31 @@ class InProcessRunner:
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[SagaResult]] = set()
+        self._by_id: dict[str, asyncio.Task[SagaResult]] = {}
 
     def __len__(self) -> int:
         return len(self._tasks)
 
     def submit(self, saga: Saga, saga_id: str) -> asyncio.Task[SagaResult]:
-        """Run the recorded saga ``saga_id`` with ``saga``'s definition in the background."""
+        """Run the recorded saga ``saga_id`` with ``saga``'s definition in the background.
+
+        Submitting a saga that is already running here returns its running task.
+        """
+        running = self._by_id.get(saga_id)
+        if running is not None and not running.done():
+            return running
         task = asyncio.get_running_loop().create_task(
             saga.resume(saga_id), name=f"sagaz:{saga.name}:{saga_id}"
         )
         self._tasks.add(task)
-        task.add_done_callback(self._done)
+        self._by_id[saga_id] = task
+        task.add_done_callback(lambda t: self._done(t, saga_id))
         return task
 
-    def _done(self, task: asyncio.Task[SagaResult]) -> None:
+    def _done(self, task: asyncio.Task[SagaResult], saga_id: str) -> None:
         self._tasks.discard(task)
+        if self._by_id.get(saga_id) is task:
+            del self._by_id[saga_id]
         if not task.cancelled() and task.exception() is not None:
             logger.error(
                 "sagaz: background saga task %s crashed; the saga stays recorded and "

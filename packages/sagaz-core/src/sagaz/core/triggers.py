@@ -136,9 +136,20 @@ async def fire_event(
     starts: list[tuple[Saga, NewSaga]] = []
     for binding, key in zip(bindings, keys, strict=True):
         saga = binding.saga_class(config=config)
-        context = getattr(saga, binding.method_name)(dict(payload))
-        if inspect.isawaitable(context):
-            context = await context
+        method = f"{binding.saga_class.__qualname__}.{binding.method_name}"
+        try:
+            context = getattr(saga, binding.method_name)(dict(payload))
+            if inspect.isawaitable(context):
+                context = await context
+        except TriggerPayloadError:
+            raise
+        except (KeyError, ValueError, TypeError) as exc:
+            # The trigger could not read the payload: the sender's problem, not ours.
+            raise TriggerPayloadError(
+                f"trigger {method} for source {source!r} rejected the payload: "
+                f"{type(exc).__name__}: {exc}",
+                field=exc.args[0] if isinstance(exc, KeyError) and exc.args else None,
+            ) from exc
         if context is None:
             continue
         if not isinstance(context, Mapping):

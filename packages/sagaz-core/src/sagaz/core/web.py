@@ -29,7 +29,7 @@ from sagaz.core.config import SagaConfig, get_config
 from sagaz.core.diagrams import to_mermaid
 from sagaz.core.errors import (
     ContextNotSerializableError,
-    SagaError,
+    StorageError,
     TriggerPayloadError,
     UnknownSagaError,
     UnknownSourceError,
@@ -229,7 +229,7 @@ class WebhookService:
             return error_response(400, "invalid_payload", str(exc), correlation_id)
         except UnknownSourceError as exc:  # pragma: no cover - raced with registration
             return error_response(404, "unknown_source", str(exc), correlation_id)
-        except (SagaError, OSError) as exc:
+        except (StorageError, OSError) as exc:
             return _unavailable(exc, correlation_id)
         message = (
             "Duplicate event: the saga for this idempotency key already exists"
@@ -264,7 +264,7 @@ class WebhookService:
                 for saga_id in event.saga_ids
                 if (record := await storage.load(saga_id)) is not None
             ]
-        except (SagaError, OSError) as exc:
+        except (StorageError, OSError) as exc:
             return _unavailable(exc, correlation_id)
         if not events:
             return error_response(
@@ -288,28 +288,28 @@ class WebhookService:
 
     # -- GET {prefix}/status/{saga_id} -------------------------------------------
 
-    async def saga_status(self, saga_id: str) -> WebResponse:
+    async def saga_status(self, saga_id: str, correlation_id: str | None = None) -> WebResponse:
         """One saga's state, steps, failed step and error (and context if exposed)."""
         try:
             record = await self._load(saga_id)
-        except (SagaError, OSError) as exc:
-            return _unavailable(exc, None)
+        except (StorageError, OSError) as exc:
+            return _unavailable(exc, correlation_id)
         if record is None:
-            return self._not_found(saga_id)
+            return self._not_found(saga_id, correlation_id)
         return WebResponse(200, self._saga_body(record))
 
-    async def saga_diagram(self, saga_id: str) -> WebResponse:
+    async def saga_diagram(self, saga_id: str, correlation_id: str | None = None) -> WebResponse:
         """The Mermaid diagram of one saga with its step states highlighted."""
         try:
             record = await self._load(saga_id)
-        except (SagaError, OSError) as exc:
-            return _unavailable(exc, None)
+        except (StorageError, OSError) as exc:
+            return _unavailable(exc, correlation_id)
         if record is None:
-            return self._not_found(saga_id)
+            return self._not_found(saga_id, correlation_id)
         try:
             saga = self.registry.create(record.saga_name, self.config)
         except UnknownSagaError as exc:
-            return error_response(404, "unknown_saga", str(exc))
+            return error_response(404, "unknown_saga", str(exc), correlation_id)
         return WebResponse(
             200,
             {
@@ -329,7 +329,11 @@ class WebhookService:
             logger.warning("sagaz health check: storage unreachable: %s", exc)
             return WebResponse(
                 503,
-                {"status": "unavailable", "storage": type(storage).__name__, "detail": str(exc)},
+                {
+                    "status": "unavailable",
+                    "storage": type(storage).__name__,
+                    "detail": "saga storage is unreachable; see the server log for the cause",
+                },
             )
         return WebResponse(200, {"status": "ok", "storage": type(storage).__name__})
 
@@ -343,9 +347,9 @@ class WebhookService:
         return await storage.load(saga_id)
 
     @staticmethod
-    def _not_found(saga_id: str) -> WebResponse:
+    def _not_found(saga_id: str, correlation_id: str | None = None) -> WebResponse:
         shown = saga_id if _SAFE_NAME.fullmatch(saga_id) else "(invalid id)"
-        return error_response(404, "not_found", f"no saga with id {shown!r}")
+        return error_response(404, "not_found", f"no saga with id {shown!r}", correlation_id)
 
     def _saga_body(self, record: SagaRecord) -> dict[str, Any]:
         return record.to_dict(include_context=self.settings.expose_context, include_history=False)
