@@ -61,7 +61,27 @@ PLUGINS: dict[str, dict[str, Any]] = {
         "module": "sagaz.integrations.fastapi",
         "framework": "fastapi",
         "versions": {
-            "0.115": {"pins": ["fastapi~=0.115.0"]},
+            # The plan's lowest: FastAPI 0.100 / Starlette 0.27 (pydantic 2.8 on 3.13 for wheels).
+            "0.100": {
+                "pins": [
+                    "fastapi==0.100.0",
+                    "starlette==0.27.0",
+                    "pydantic==2.0.3",
+                    "httpx==0.24.1",
+                    "uvicorn==0.22.0",
+                ],
+                "python": ["3.11", "3.12"],
+            },
+            "0.100-py313": {
+                "pins": [
+                    "fastapi==0.100.0",
+                    "starlette==0.27.0",
+                    "pydantic==2.8.2",
+                    "httpx==0.24.1",
+                    "uvicorn==0.22.0",
+                ],
+                "python": ["3.13"],
+            },
             "latest": {"pins": []},
         },
         "deps": ["httpx", "uvicorn"],
