@@ -1,0 +1,3 @@
+"""The version of sagaz-django."""
+
+__version__ = "0.1.0"

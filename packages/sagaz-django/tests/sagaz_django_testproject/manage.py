@@ -1,0 +1,10 @@
+"""``python -m sagaz_django_testproject.manage ...`` for the subprocess tests."""
+
+import os
+import sys
+
+if __name__ == "__main__":
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sagaz_django_testproject.settings")
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(sys.argv)
