@@ -298,7 +298,9 @@ class SagaExecution:
             if cid is None or SagaContextManager.get("correlation_id") == cid:
                 return await self._run_holding_leases(started)
             # A resumed saga (worker, recovery) keeps the id of the request that started it.
-            with SagaContextManager.scope(**SagaContextManager.snapshot(), correlation_id=cid):
+            with SagaContextManager.scope(
+                **{**SagaContextManager.snapshot(), "correlation_id": cid}
+            ):
                 return await self._run_holding_leases(started)
         finally:
             active.discard(self.saga_id)
