@@ -416,6 +416,32 @@ async def test_waiting_too_long_for_the_write_lock(tmp_path: Path) -> None:
         await storage.close()
 
 
+class _LockedFor:
+    """Stands in for a connection: the first ``n`` WAL switches find the file locked."""
+
+    def __init__(self, n: int, message: str = "database is locked") -> None:
+        self.n, self.calls, self.message = n, 0, message
+
+    async def execute(self, sql: str) -> None:
+        self.calls += 1
+        if self.calls <= self.n:
+            raise sqlite3.OperationalError(self.message)
+
+
+async def test_switching_to_wal_retries_while_another_process_holds_the_file() -> None:
+    storage = SQLiteSagaStorage("unused.db", busy_timeout=5)
+    db = _LockedFor(3)
+    await storage._enable_wal(db)  # type: ignore[arg-type]
+    assert db.calls == 4
+    impatient = SQLiteSagaStorage("unused.db", busy_timeout=0.05)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        await impatient._enable_wal(_LockedFor(1000))  # type: ignore[arg-type]
+    other = _LockedFor(1, "disk I/O error")
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        await storage._enable_wal(other)  # type: ignore[arg-type]
+    assert other.calls == 1
+
+
 async def test_other_sqlite_errors_name_the_operation(storage: SQLiteSagaStorage) -> None:
     await storage.ensure_open()
     with sqlite3.connect(storage.path) as db:

@@ -999,7 +999,7 @@ class SQLiteSagaStorage(SagaStorage):
             try:
                 milliseconds = min(int(self._busy_timeout * 1000), 2**31 - 1)
                 await db.execute(f"PRAGMA busy_timeout = {milliseconds}")
-                await db.execute("PRAGMA journal_mode = WAL")
+                await self._enable_wal(db)
                 await db.execute("PRAGMA synchronous = NORMAL")
                 await db.execute("PRAGMA foreign_keys = ON")
             except sqlite3.Error as exc:
@@ -1010,6 +1010,25 @@ class SQLiteSagaStorage(SagaStorage):
         except BaseException:
             await self._close()
             raise
+
+    async def _enable_wal(self, db: aiosqlite.Connection) -> None:
+        """Switch the file to WAL mode (a no-op once it is).
+
+        The switch needs an exclusive lock, and SQLite refuses it at once, without
+        waiting, when another process is switching or writing a new file at the same
+        moment; so retry, with a short backoff, for up to ``busy_timeout``.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        delay = 0.005
+        while True:
+            try:
+                await db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
     async def _close(self) -> None:
         self._forget_inherited()
@@ -1092,7 +1111,7 @@ class SQLiteSagaStorage(SagaStorage):
         elif "readonly" in message or "unable to open" in message:
             hint = "check that the file and its directory exist and are writable"
         else:
-            hint = "the SQLite error is above"
+            return StorageError(f"SQLite storage {self._path!r}: could not {what}: {message}")
         return StorageError(f"SQLite storage {self._path!r}: could not {what}: {message} ({hint})")
 
     # -- sagas -----------------------------------------------------------------------
