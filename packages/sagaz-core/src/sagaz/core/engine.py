@@ -119,6 +119,27 @@ def check_json(values: Mapping[str, Any], where: str) -> None:
             raise ContextNotSerializableError(key, value, where) from None
 
 
+async def _in_thread(func: StepFunction, ctx: dict[str, Any]) -> Any:
+    """Run a plain-function step in a worker thread.
+
+    While the interpreter exits no thread can start: that interrupts the saga (it
+    stays recorded for recovery) instead of failing the step and compensating it.
+    """
+    started = False
+
+    def call() -> Any:
+        nonlocal started
+        started = True
+        return func(ctx)
+
+    try:
+        return await asyncio.to_thread(call)
+    except RuntimeError as exc:
+        if not started:  # no thread could run it: the process is exiting
+            raise asyncio.CancelledError(f"interpreter shutting down: {exc}") from exc
+        raise
+
+
 @dataclass(slots=True)
 class _Failure:
     step: str | None
@@ -466,14 +487,14 @@ class SagaExecution:
             if limit is None:
                 if is_async:
                     return await func(ctx)
-                result = await asyncio.to_thread(func, ctx)
+                result = await _in_thread(func, ctx)
             else:
                 try:
                     async with asyncio.timeout(limit) as scope:
                         if is_async:
                             result = await func(ctx)
                         else:
-                            result = await asyncio.to_thread(func, ctx)
+                            result = await _in_thread(func, ctx)
                 except TimeoutError:
                     if not scope.expired():
                         raise
