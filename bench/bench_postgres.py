@@ -16,13 +16,16 @@ Figures: sagas/s (best of ``--repeat``, and the median); commits per saga, count
 the server (``pg_stat_database.xact_commit``; a separate pass, see :func:`commits_per_saga`);
 statements per saga, counted in this process (every statement psycopg sends; for the
 storage each is also one round trip); CPU per saga of this process and of the PostgreSQL
-backends serving it (read from ``/proc``, so only for a server on this machine).
+backends serving it (read from ``/proc``, so only for a server on this machine); and the
+CPU ceiling, the rate those CPU costs allow on this machine when nothing else runs on it
+(``cpus / (python + postgres)``, at most ``1 / python``: one Python thread). On a busy
+machine the measured rate falls far below the ceiling; the CPU figures move much less.
 
 Each run uses a fresh database, created on the server of ``--url`` and dropped at the end.
 
     python bench/bench_postgres.py [--url postgresql://postgres@127.0.0.1/test]
         [--sagas 1000] [--concurrency 32] [--pool 8] [--repeat 3] [--outbox]
-        [--workloads engine,storage,floor,naive]
+        [--workloads engine,storage,floor,naive] [--uvloop]
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from sagaz.core import Saga, SagaConfig
@@ -92,9 +95,9 @@ class Server:
     """The admin connection: creates the scratch database and reads statistics."""
 
     def __init__(self, url: str) -> None:
-        self.admin_url = make_conninfo(**conninfo_to_dict(url))
+        self.admin_url = make_conninfo(url)
         self.dbname = f"sagaz_bench_{uuid.uuid4().hex[:10]}"
-        self.url = make_conninfo(**{**conninfo_to_dict(url), "dbname": self.dbname})
+        self.url = make_conninfo(url, dbname=self.dbname)
 
     async def _one(self, query: Any, params: Any = None) -> Any:
         async with await psycopg.AsyncConnection.connect(self.admin_url, autocommit=True) as c:
@@ -303,11 +306,11 @@ class FloorWorkload(Workload):
             if self.pipelined:
                 async with conn.pipeline(), conn.transaction():
                     for query, params in statements:
-                        await conn.execute(query, params)  # type: ignore[arg-type]
+                        await conn.execute(query, params)
             else:
                 async with conn.transaction():
                     for query, params in statements:
-                        await conn.execute(query, params)  # type: ignore[arg-type]
+                        await conn.execute(query, params)
 
     async def run(self, n: int, tag: str) -> None:
         async def one(i: int) -> None:
@@ -354,9 +357,12 @@ async def timed_run(server: Server, workload: Workload, tag: str) -> Run:
         after = [_proc_cpu(pid) for pid in pids]
     finally:
         await workload.close()
-    postgres_cpu: float | None = None
-    if all(v is not None for v in before + after):
-        postgres_cpu = sum(a - b for a, b in zip(after, before, strict=True))  # type: ignore[operator]
+    postgres_cpu: float | None = 0.0
+    for a, b in zip(after, before, strict=True):
+        if a is None or b is None or postgres_cpu is None:
+            postgres_cpu = None
+        else:
+            postgres_cpu += a - b
     return Run(
         n / elapsed,
         statements / n,
@@ -380,7 +386,8 @@ async def commits_per_saga(server: Server, workload: Workload, tag: str) -> floa
         finally:
             await workload.close()
         counts.append(await server.commits() - before)
-    return (counts[1] - counts[0]) / workload.args.sagas
+    sagas: int = workload.args.sagas
+    return (counts[1] - counts[0]) / sagas
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -390,14 +397,18 @@ async def main(args: argparse.Namespace) -> None:
         print(
             f"{args.sagas} sagas x 3 no-op steps, {args.concurrency} in flight, "
             f"pool of {args.pool} connections, outbox {'on' if args.outbox else 'off'}, "
-            f"best of {args.repeat} (median in brackets), load average "
+            f"best of {args.repeat} (median in brackets), "
+            f"{'uvloop' if args.uvloop else 'asyncio'} event loop, load average "
             f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
         )
         print(
             f"{'':34} {'sagas/s':>16} {'commits':>8} {'statements':>10} "
-            f"{'python CPU':>11} {'postgres CPU':>13}"
+            f"{'python CPU':>11} {'postgres CPU':>13} {'CPU ceiling':>12}"
         )
-        print(f"{'':34} {'':>16} {'/saga':>8} {'/saga':>10} {'ms/saga':>11} {'ms/saga':>13}")
+        print(
+            f"{'':34} {'':>16} {'/saga':>8} {'/saga':>10} {'ms/saga':>11} {'ms/saga':>13} "
+            f"{'sagas/s':>12}"
+        )
         kinds = {
             "engine": EngineWorkload,
             "storage": StorageWorkload,
@@ -412,10 +423,17 @@ async def main(args: argparse.Namespace) -> None:
             commits = await commits_per_saga(server, workload, f"m{number}c-")
             best = max(runs, key=lambda r: r.rate)
             median = statistics.median(r.rate for r in runs)
-            pg = "n/a" if best.postgres_cpu_ms is None else f"{best.postgres_cpu_ms:.2f}"
+            # CPU figures of the least disturbed run: the one that used the least CPU.
+            calm = min(runs, key=lambda r: r.python_cpu_ms + (r.postgres_cpu_ms or 0.0))
+            pg, ceiling = "n/a", "n/a"
+            if calm.postgres_cpu_ms is not None:
+                pg = f"{calm.postgres_cpu_ms:.2f}"
+                total = calm.python_cpu_ms + calm.postgres_cpu_ms
+                cpus = os.cpu_count() or 1
+                ceiling = f"{min(cpus * 1000 / total, 1000 / calm.python_cpu_ms):.0f}"
             print(
                 f"{workload.label:34} {best.rate:7.0f} ({median:6.0f}) {commits:8.2f} "
-                f"{best.statements:10.2f} {best.python_cpu_ms:11.2f} {pg:>13}"
+                f"{best.statements:10.2f} {calm.python_cpu_ms:11.2f} {pg:>13} {ceiling:>12}"
             )
 
 
@@ -428,6 +446,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--outbox", action="store_true", help="also write saga events")
     parser.add_argument(
+        "--uvloop", action="store_true", help="run on uvloop's event loop (pip install uvloop)"
+    )
+    parser.add_argument(
         "--workloads",
         default="engine,storage,floor,naive",
         help="comma-separated, of: engine, storage, floor, naive",
@@ -436,4 +457,10 @@ def parse_args() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parse_args()))
+    arguments = parse_args()
+    if arguments.uvloop:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+
+        uvloop.run(main(arguments))
+    else:
+        asyncio.run(main(arguments))

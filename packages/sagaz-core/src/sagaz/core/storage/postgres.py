@@ -120,21 +120,21 @@ def _history_json(alias: str) -> str:
     FROM sagaz_history h WHERE h.saga_id = {alias}.saga_id)"""  # noqa: S608
 
 
-# The rows a write adds travel in one JSON document, %(doc)s: {"h": history lines,
-# "s": step changes, "e": outbox events}. A statement is a chain of CTEs: ``w`` writes
-# the saga row and returns one row (``base``: the history seq before this write), or
-# none when nothing may be written; each later section inserts its rows only from that
-# row. Sections with no rows are left out of the statement (see _statement), so a
-# write never even opens the tables it does not change.
+# The rows a write adds travel as JSON arrays of objects, one parameter per table: %(h)s
+# history lines, %(s)s step changes, %(e)s outbox events. A statement is a chain of CTEs:
+# ``w`` writes the saga row and returns one row (``base``: the history seq before this
+# write), or none when nothing may be written; each later section inserts its rows only
+# from that row. Sections with no rows are left out of the statement (see _statement),
+# so a write never even opens the tables it does not change.
 _HISTORY_CTE: Final = """hist AS (
     INSERT INTO sagaz_history (saga_id, seq, at, kind, step, attempt, error)
     SELECT %(saga_id)s, w.base + h.i, h.at, h.kind, h.step, h.attempt, h.error
-    FROM w, ROWS FROM (json_to_recordset(%(doc)s::json -> 'h')
+    FROM w, ROWS FROM (json_to_recordset(%(h)s::json)
         AS (at float8, kind text, step text, attempt int, error text))
         WITH ORDINALITY AS h (at, kind, step, attempt, error, i)
 )"""
 _STEP_ROWS_CTE: Final = """sd AS MATERIALIZED (
-    SELECT * FROM json_to_recordset(%(doc)s::json -> 's') AS x (name text, pos int,
+    SELECT * FROM json_to_recordset(%(s)s::json) AS x (name text, pos int,
         status text, attempts int, result jsonb, error text, started_at float8,
         finished_at float8, comp_attempts int, comp_error text, mask int)
 )"""
@@ -165,7 +165,7 @@ _OUTBOX_CTE: Final = """ob AS (
     INSERT INTO sagaz_outbox (event_id, saga_id, event_type, payload, correlation_id,
         created_at)
     SELECT e.event_id, e.saga_id, e.event_type, e.payload, e.correlation_id, e.created_at
-    FROM w, ROWS FROM (json_to_recordset(%(doc)s::json -> 'e') AS (event_id text,
+    FROM w, ROWS FROM (json_to_recordset(%(e)s::json) AS (event_id text,
         saga_id text, event_type text, payload jsonb, correlation_id text,
         created_at float8))
         WITH ORDINALITY AS e (event_id, saga_id, event_type, payload, correlation_id,
@@ -391,77 +391,89 @@ def _dumps(value: Any, what: str) -> str:
         raise _not_json(what, str(exc) or type(exc).__name__) from None
 
 
-def _document(
+def _dump_rows(rows: list[dict[str, Any]]) -> str | None:
+    try:
+        return json.dumps(rows, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
+def _rows(
     saga_id: str,
     record: SagaRecord,
     transitions: Sequence[Transition],
     events: Sequence[OutboxEvent],
     masks: dict[str, int] | None,
-) -> tuple[str | None, _Sections]:
-    """The JSON rows of one write (history lines, step changes, outbox events), and
-    which of the three it has."""
-    doc: dict[str, Any] = {}
+) -> tuple[dict[str, str], _Sections]:
+    """The JSON rows of one write (``h`` history lines, ``s`` step changes, ``e`` outbox
+    events: only those it has), and which of the three it has."""
+    rows: dict[str, str | None] = {}
     if transitions:
-        doc["h"] = [
-            {
-                "at": t.at,
-                "kind": t.kind.value,
-                "step": t.step,
-                "attempt": t.attempt,
-                "error": _text(t.error),
-            }
-            for t in transitions
-        ]
+        rows["h"] = _dump_rows(
+            [
+                {
+                    "at": t.at,
+                    "kind": t.kind.value,
+                    "step": t.step,
+                    "attempt": t.attempt,
+                    "error": _text(t.error),
+                }
+                for t in transitions
+            ]
+        )
     if record.steps:
         first: dict[str, int] = {}
         for pos, t in enumerate(transitions, 1):
             if t.step is not None and t.step not in first and t.kind in _STEP_FIELDS:
                 first[t.step] = pos
-        doc["s"] = [
-            {
-                "name": name,
-                "pos": first.get(name, 0),
-                "status": step.status.value,
-                "attempts": step.attempts,
-                "result": step.result,
-                "error": _text(step.error),
-                "started_at": step.started_at,
-                "finished_at": step.finished_at,
-                "comp_attempts": step.compensation_attempts,
-                "comp_error": _text(step.compensation_error),
-                "mask": 0 if masks is None else masks.get(name, 0),
-            }
-            for name, step in record.steps.items()
-        ]
+        rows["s"] = _dump_rows(
+            [
+                {
+                    "name": name,
+                    "pos": first.get(name, 0),
+                    "status": step.status.value,
+                    "attempts": step.attempts,
+                    "result": step.result,
+                    "error": _text(step.error),
+                    "started_at": step.started_at,
+                    "finished_at": step.finished_at,
+                    "comp_attempts": step.compensation_attempts,
+                    "comp_error": _text(step.compensation_error),
+                    "mask": 0 if masks is None else masks.get(name, 0),
+                }
+                for name, step in record.steps.items()
+            ]
+        )
+        if rows["s"] is None:
+            for name, step in record.steps.items():
+                problem = _json_problem(step.result)
+                if problem is not None:
+                    raise _not_json(f"the result of step {name!r} of saga {saga_id!r}", problem)
     if events:
-        doc["e"] = [
-            {
-                "event_id": e.event_id,
-                "saga_id": e.saga_id,
-                "event_type": e.event_type,
-                "payload": e.payload,
-                "correlation_id": e.correlation_id,
-                "created_at": e.created_at,
-            }
-            for e in events
-        ]
-    sections = ("h" in doc, "s" in doc, "e" in doc)
-    if not doc:
-        return None, sections
-    try:
-        return json.dumps(doc, separators=(",", ":"), allow_nan=False), sections
-    except (TypeError, ValueError, RecursionError):
-        pass
-    # Name the culprit (the slow path of a write that is going to fail anyway).
-    for name, step in record.steps.items():
-        problem = _json_problem(step.result)
-        if problem is not None:
-            raise _not_json(f"the result of step {name!r} of saga {saga_id!r}", problem)
-    for e in events:
-        problem = _json_problem(e.payload)
-        if problem is not None:
-            raise _not_json(f"the payload of outbox event {e.event_type!r}", problem)
-    raise _not_json(f"the transitions of saga {saga_id!r}", _json_problem(doc) or "unknown")
+        rows["e"] = _dump_rows(
+            [
+                {
+                    "event_id": e.event_id,
+                    "saga_id": e.saga_id,
+                    "event_type": e.event_type,
+                    "payload": e.payload,
+                    "correlation_id": e.correlation_id,
+                    "created_at": e.created_at,
+                }
+                for e in events
+            ]
+        )
+        if rows["e"] is None:
+            for e in events:
+                problem = _json_problem(e.payload)
+                if problem is not None:
+                    raise _not_json(f"the payload of outbox event {e.event_type!r}", problem)
+    done: dict[str, str] = {}
+    for key, text in rows.items():
+        if text is None:  # not a result or a payload: a transition's own field
+            raise _not_json(f"the transitions of saga {saga_id!r}", "not JSON-serialisable")
+        done[key] = text
+    return done, ("h" in done, "s" in done, "e" in done)
 
 
 def _write_params(
@@ -488,7 +500,7 @@ def _write_params(
             status = scratch.status.value
         elif t.step is not None:
             masks[t.step] = masks.get(t.step, 0) | _STEP_FIELDS.get(t.kind, 0)
-    doc, sections = _document(saga_id, scratch, transitions, events, masks)
+    rows, sections = _rows(saga_id, scratch, transitions, events, masks)
     return _STATEMENTS[kind, sections], {
         "saga_id": saga_id,
         "status": status,
@@ -500,7 +512,7 @@ def _write_params(
             None if context is None else _dumps(dict(context), f"the context of saga {saga_id!r}")
         ),
         "n": len(transitions),
-        "doc": doc,
+        **rows,
     }
 
 
@@ -878,7 +890,7 @@ class PostgresSagaStorage(SagaStorage):
         for t in transitions:
             apply_transition(record, t)
         leased = new.status is SagaStatus.RUNNING and record.status not in TERMINAL_STATUSES
-        doc, sections = _document(new.saga_id, record, transitions, events, None)
+        rows, sections = _rows(new.saga_id, record, transitions, events, None)
         return _STATEMENTS["create", sections], {
             "saga_id": new.saga_id,
             "saga_name": new.saga_name,
@@ -894,7 +906,7 @@ class PostgresSagaStorage(SagaStorage):
             "owner": self.owner_id if leased else None,
             "lease_until": time.time() + self.lease_seconds if leased else None,
             "n": len(transitions),
-            "doc": doc,
+            **rows,
         }
 
     async def _create(
