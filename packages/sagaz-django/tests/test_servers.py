@@ -114,20 +114,27 @@ async def _fire(base: str, count: int, concurrency: int, *, status_gets: bool = 
     saga_ids: list[str] = []
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as http:
 
+        async def send(method: str, url: str, **kwargs: Any) -> httpx.Response:
+            # A keep-alive connection the server closed just as it was reused fails with
+            # ReadError/RemoteProtocolError: resend (at most 3 tries). Both requests are
+            # safe to repeat: a GET, and a webhook whose idempotency key is "n".
+            for attempt in range(3):
+                try:
+                    return await http.request(method, url, **kwargs)
+                except (httpx.ReadError, httpx.RemoteProtocolError):
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
+
         async def one(i: int) -> None:
             async with semaphore:
                 if status_gets and i % 2:
                     target = saga_ids[-1] if saga_ids else "none"
-                    response = await http.get(f"/sagaz/status/{target}")
+                    response = await send("GET", f"/sagaz/status/{target}")
                     assert response.status_code in {200, 404}
                     return
                 body = json.dumps({"n": f"{uuid.uuid4()}"})
-                try:
-                    response = await http.post("/sagaz/ping", content=body, headers=JSON)
-                except (httpx.ReadError, httpx.RemoteProtocolError):
-                    # A keep-alive connection the server closed as it was reused: the
-                    # webhook is idempotent (the key "n"), so sending it again is safe.
-                    response = await http.post("/sagaz/ping", content=body, headers=JSON)
+                response = await send("POST", "/sagaz/ping", content=body, headers=JSON)
                 assert response.status_code == 202, response.text
                 saga_ids.extend(response.json()["saga_ids"])
 
