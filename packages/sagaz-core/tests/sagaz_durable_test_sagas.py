@@ -475,7 +475,7 @@ def pg_reachable() -> str | None:
     except Exception as exc:
         return (
             f"PostgreSQL is not reachable at {ADMIN_URL} ({str(exc).strip()}); start it "
-            "(see DEVELOPERS.md) or set SAGAZ_TEST_POSTGRES_URL"
+            "(see 'Services the tests use' in README.md) or set SAGAZ_TEST_POSTGRES_URL"
         )
     return None
 

@@ -324,6 +324,20 @@ def test_migrate(sqlite_url: str) -> None:
     assert memory.output.strip() == "schema of memory:// is up to date"
 
 
+@pytest.mark.postgres
+def test_migrate_never_prints_the_database_password() -> None:
+    from sagaz_durable_test_sagas import pg_reachable, pg_url_for, skip_or_fail
+
+    if reason := pg_reachable():
+        skip_or_fail(reason)
+    # The server trusts loopback, so any password connects: the output must not show it.
+    url = pg_url_for("test").replace("://postgres@", "://postgres:s3cret-pw@")
+    result = invoke("--storage-url", url, "migrate")
+    assert result.exit_code == 0, result.output
+    assert "s3cret-pw" not in result.output
+    assert "postgres:***@" in result.output
+
+
 def test_retry_a_failed_saga(sqlite_url: str, tmp_path: Path) -> None:
     saga_id, log, broken = failed_saga(sqlite_url, tmp_path)
     assert read_log(log) == ["reserve", "charge", "release"]

@@ -256,3 +256,23 @@ async def test_config_defaults_reach_the_engine() -> None:
     result = await Saga(name="cfg-defaults").add_step("flaky", flaky).run()
     assert result.status is SagaStatus.COMPENSATED
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://app:s3cret@db:5432/orders", "postgresql://app:***@db:5432/orders"),
+        (
+            "postgresql://app:p%40ss:w@db/orders?sslmode=require",
+            "postgresql://app:***@db/orders?sslmode=require",
+        ),
+        ("postgresql://app@db/orders", "postgresql://app@db/orders"),
+        ("sqlite:///var/sagas.db", "sqlite:///var/sagas.db"),
+        ("memory://", "memory://"),
+    ],
+)
+def test_storage_location_never_shows_the_password(url: str, shown: str) -> None:
+    assert config_module.redact_url(url) == shown
+    config = config_module.SagaConfig(storage_url=url, storage=SagaConfig().storage)
+    assert config.storage_location == shown
+    assert "s3cret" not in repr(config)

@@ -104,7 +104,7 @@ def pg_server() -> str:
     except psycopg.Error as exc:
         reason = (
             f"PostgreSQL is not reachable at {ADMIN_URL} ({str(exc).strip()}); start it "
-            "(see DEVELOPERS.md) or set SAGAZ_TEST_POSTGRES_URL"
+            "(see 'Services the tests use' in README.md) or set SAGAZ_TEST_POSTGRES_URL"
         )
         if os.environ.get("CI") == "true":
             pytest.fail(reason)

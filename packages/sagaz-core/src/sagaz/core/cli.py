@@ -145,7 +145,7 @@ def show_command(ctx: click.Context, saga_id: str, as_json: bool) -> None:
 
     record = _run(fetch)
     if record is None:
-        raise click.ClickException(f"no saga {saga_id!r} in {config.storage_url}")
+        raise click.ClickException(f"no saga {saga_id!r} in {config.storage_location}")
     if as_json:
         click.echo(json.dumps(record.to_dict(), indent=2, sort_keys=True))
         return
@@ -204,7 +204,7 @@ def diagram_command(ctx: click.Context, target: str, saga_id: str | None, direct
 
         record = _run(fetch)
         if record is None:
-            raise click.ClickException(f"no saga {saga_id!r} in {config.storage_url}")
+            raise click.ClickException(f"no saga {saga_id!r} in {config.storage_location}")
     click.echo(to_mermaid(saga, record, direction=direction), nl=False)
 
 
@@ -227,7 +227,9 @@ def demo_command(ctx: click.Context, amount: float) -> None:
                 click.echo(f"  compensated steps: {', '.join(result.compensated_steps)}")
             if result.error:
                 click.echo(f"  error: {result.error}")
-        click.echo(f"\nrecorded in {config.storage_url}; try: sagaz list, sagaz show <saga id>")
+        click.echo(
+            f"\nrecorded in {config.storage_location}; try: sagaz list, sagaz show <saga id>"
+        )
 
     _run(demo)
 
@@ -421,7 +423,7 @@ def migrate_command(ctx: click.Context) -> None:
     if applied:
         click.echo(f"applied migrations: {', '.join(map(str, applied))}")
     else:
-        click.echo(f"schema of {config.storage_url} is up to date")
+        click.echo(f"schema of {config.storage_location} is up to date")
 
 
 @main.command("retry")

@@ -7,15 +7,37 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from sagaz.core.errors import ConfigurationError
 from sagaz.core.listeners import SagaListener
 from sagaz.core.retry import RetryPolicy
 from sagaz.core.storage import SagaStorage, storage_from_url
 
-__all__ = ["ENVIRONMENT_VARIABLES", "FailurePolicy", "SagaConfig", "configure", "get_config"]
+__all__ = [
+    "ENVIRONMENT_VARIABLES",
+    "FailurePolicy",
+    "SagaConfig",
+    "configure",
+    "get_config",
+    "redact_url",
+]
 
 _T = TypeVar("_T")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user part replaced by ``***``.
+
+    ``postgresql://app:s3cret@db/orders`` becomes ``postgresql://app:***@db/orders``;
+    a URL without a password is returned unchanged.
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user_part, _, host_part = parts.netloc.rpartition("@")
+    user = user_part.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host_part}"))
 
 
 class FailurePolicy(StrEnum):
@@ -23,6 +45,8 @@ class FailurePolicy(StrEnum):
 
     ``FAIL_FAST`` cancels them, then compensates what completed; ``WAIT_ALL`` lets
     them finish (starting nothing new), then compensates everything that completed.
+    A plain-function (sync) step runs in a thread that cannot be interrupted: under
+    ``FAIL_FAST`` the saga still waits for such a sibling to return before compensating.
     """
 
     FAIL_FAST = "fail_fast"
@@ -103,6 +127,11 @@ class SagaConfig:
         self.max_recoveries = max_recoveries
         if lease_seconds is not None:
             self.storage.lease_seconds = lease_seconds
+
+    @property
+    def storage_location(self) -> str:
+        """``storage_url`` with any password replaced by ``***``: safe to print or log."""
+        return redact_url(self.storage_url)
 
     def __repr__(self) -> str:
         return (
