@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -546,6 +547,96 @@ def outbox_command(ctx: click.Context, status: str | None, limit: int, as_json: 
             f"{rec.seq:6}  {rec.status.value:7}  {e.event_type:24}  saga {e.saga_id}  "
             f"attempts {rec.attempts}{error}"
         )
+
+
+# -- the example applications ----------------------------------------------------------
+
+_PATH_HELP = (
+    "The examples folder (default: SAGAZ_EXAMPLES_PATH, else examples/ found from the "
+    "current directory upwards)."
+)
+
+
+@main.group("examples")
+def examples_group() -> None:
+    """List and run the example applications (FastAPI, Flask, Django)."""
+
+
+def _examples_dir(path: str | None) -> Path:
+    from sagaz.core.examples import ExampleError, find_examples_dir
+
+    try:
+        return find_examples_dir(path)
+    except ExampleError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@examples_group.command("list")
+@click.option("--path", type=click.Path(file_okay=False), help=_PATH_HELP)
+def examples_list_command(path: str | None) -> None:
+    """List the examples and whether each can run in this Python."""
+    from sagaz.core.examples import ExampleError, discover_examples, missing_requirements
+
+    folder = _examples_dir(path)
+    try:
+        examples = discover_examples(folder)
+    except ExampleError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"examples in {folder}:")
+    for example in examples:
+        missing = missing_requirements(example)
+        ready = f"needs {', '.join(missing)}" if missing else "ready"
+        click.echo(f"  {example.name:14}  {example.description}  [{ready}]")
+    click.echo(
+        "run one with: sagaz examples run NAME  (e.g. sagaz examples run "
+        f"{examples[0].name if examples else 'flask_app'})"
+    )
+
+
+@examples_group.command("run")
+@click.argument("name")
+@click.option("--path", type=click.Path(file_okay=False), help=_PATH_HELP)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to serve on.")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (default: the example's own).")
+@click.option("--dry-run", is_flag=True, help="Only print what would run.")
+@click.pass_context
+def examples_run_command(
+    ctx: click.Context, name: str, path: str | None, host: str, port: int | None, dry_run: bool
+) -> None:
+    """Start the example NAME (e.g. flask_app) with its documented command.
+
+    Sagas go to the example's SQLite file unless --storage-url (or SAGAZ_STORAGE_URL)
+    names another storage, e.g. postgresql://user@host/db.
+    """
+    import os
+
+    from sagaz.core.examples import ExampleError, check_requirements, find_example, run_example
+
+    folder = _examples_dir(path)
+    env = dict(os.environ)
+    root = ctx.find_root()
+    if root.get_parameter_source("storage_url") == click.core.ParameterSource.COMMANDLINE:
+        env["SAGAZ_STORAGE_URL"] = root.params["storage_url"]
+    try:
+        example = find_example(folder, name)
+        chosen = example.port if port is None else port
+        shown = example.shown_commands(host=host, port=chosen)
+        if dry_run:
+            click.echo(f"cd {example.path} && HOST={host} PORT={chosen} {shown}")
+            return
+        check_requirements(example)
+        storage = (
+            "SAGAZ_STORAGE_URL" if env.get("SAGAZ_STORAGE_URL") else "the example's SQLite file"
+        )
+        click.echo(
+            f"sagaz: {example.name} in {example.path}: {shown}\n"
+            f"sagaz: serving on http://{host}:{chosen} (storage: {storage}); Ctrl-C stops it",
+            err=True,
+        )
+        code = run_example(example, host=host, port=chosen, env=env)
+    except ExampleError as exc:
+        raise click.ClickException(str(exc)) from None
+    ctx.exit(code)
 
 
 if __name__ == "__main__":  # python -m sagaz.core.cli
