@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -572,14 +573,20 @@ async def test_webhook_signatures(config: SagaConfig) -> None:
     service = WebhookService(config, WebhookSettings(secrets={source: "s3cret"}))
     body = json.dumps({"user_id": "u5"}).encode()
 
-    for signature in (None, "sha256=deadbeef", sign_body(body, "wrong")):
-        denied = await post(service, source, body, signature=signature)
+    ts = str(int(time.time()))
+    for signature, code in (
+        (None, "missing_signature"),
+        ("sha256=deadbeef", "invalid_signature"),
+        (sign_body(body, "wrong", ts), "invalid_signature"),
+    ):
+        denied = await post(service, source, body, signature=signature, timestamp=ts)
         assert denied.status == 401
-        assert denied.body["error"] == "invalid_signature"
+        assert denied.body["error"] == code
     assert await config.storage.list_sagas() == []
-    accepted = await post(service, source, body, signature=sign_body(body, "s3cret"))
+    good = sign_body(body, "s3cret", ts)
+    accepted = await post(service, source, body, signature=good, timestamp=ts)
     assert accepted.status == 202
-    assert sign_body(body, "s3cret").startswith("sha256=")
+    assert good.startswith("sha256=")
     await get_runner().drain()
 
 

@@ -15,7 +15,7 @@ import pytest
 from sagaz_django_helpers import TERMINAL, wait_until
 from sagaz_django_testproject import settings as project
 
-from sagaz.core.web import SIGNATURE_HEADER, sign_body
+from sagaz.core.web import SIGNATURE_HEADER, signature_headers
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.servers]
 
@@ -74,7 +74,7 @@ def test_webhook_status_duplicates_and_errors(server: str) -> None:
         signed = http.post(
             "/sagaz/signed_order",
             content=raw,
-            headers={**JSON, SIGNATURE_HEADER: sign_body(raw, "s3cret")},
+            headers={**JSON, **signature_headers(raw, "s3cret")},
         )
         assert signed.status_code == 202
         _wait_all(signed.json()["saga_ids"])

@@ -14,7 +14,7 @@ from sagaz_django_helpers import wait_finished
 from sagaz_django_testproject.settings import SAGAZ
 
 from sagaz.core.runner import get_runner
-from sagaz.core.web import SIGNATURE_HEADER, sign_body
+from sagaz.core.web import SIGNATURE_HEADER, signature_headers
 from sagaz.integrations.django import views
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -84,11 +84,18 @@ def test_webhook_starts_a_saga_and_status_reads_it(client: Client) -> None:
             "unsupported_media_type",
         ),
         ("order_created", {"order_id": "x" * 5000}, {}, 413, "payload_too_large"),
-        ("signed_order", {"order_id": 1}, {}, 401, "invalid_signature"),
+        ("signed_order", {"order_id": 1}, {}, 401, "missing_signature"),
         (
             "signed_order",
             {"order_id": 1},
             {"headers": {SIGNATURE_HEADER: "sha256=00"}},
+            401,
+            "missing_timestamp",
+        ),
+        (
+            "signed_order",
+            {"order_id": 1},
+            {"headers": signature_headers(b'{"order_id": 1}', "not-the-secret")},
             401,
             "invalid_signature",
         ),
@@ -114,7 +121,7 @@ def test_signed_webhook(client: Client) -> None:
         "/sagaz/signed_order",
         data=raw,
         content_type=JSON,
-        headers={SIGNATURE_HEADER: sign_body(raw, "s3cret")},
+        headers=signature_headers(raw, "s3cret"),
     )
     assert response.status_code == 202
     wait_finished(*response.json()["saga_ids"])

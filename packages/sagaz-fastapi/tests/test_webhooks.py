@@ -13,7 +13,12 @@ from sagaz_fastapi_support import terminal_state, wait_until
 from sagaz_fastapi_testapp import LIMIT, SECRET, SIGNED_SOURCE, SOURCE, create_app
 
 from sagaz.core import InMemorySagaStorage, SagaConfig, StorageError
-from sagaz.core.web import SIGNATURE_HEADER, WebhookSettings, sign_body
+from sagaz.core.web import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WebhookSettings,
+    signature_headers,
+)
 from sagaz.integrations.fastapi import (
     ErrorResponse,
     SagaState,
@@ -183,10 +188,10 @@ def test_a_body_at_the_limit_is_accepted(client: TestClient) -> None:
 
 def test_signed_sources_need_a_valid_signature(client: TestClient) -> None:
     body = json.dumps({"order_id": "s1", "amount": 1}).encode()
-    assert_error(post_event(client, body, source=SIGNED_SOURCE), 401, "invalid_signature")
-    wrong = {SIGNATURE_HEADER: sign_body(body, "not-the-secret")}
+    assert_error(post_event(client, body, source=SIGNED_SOURCE), 401, "missing_signature")
+    wrong = signature_headers(body, "not-the-secret")
     assert_error(post_event(client, body, source=SIGNED_SOURCE, **wrong), 401, "invalid_signature")
-    good = {SIGNATURE_HEADER: sign_body(body, SECRET)}
+    good = signature_headers(body, SECRET)
     response = post_event(client, body, source=SIGNED_SOURCE, **good)
     assert response.status_code == 202, response.text
     assert terminal_state(client, response.json()["saga_ids"][0]) == "COMPLETED"
@@ -331,7 +336,7 @@ def test_the_openapi_schema_documents_the_routes(client: TestClient) -> None:
         assert ref.endswith("/ErrorResponse")
     assert "application/json" in post["requestBody"]["content"]
     headers = {p["name"] for p in post["parameters"] if p["in"] == "header"}
-    assert headers == {"X-Correlation-ID", SIGNATURE_HEADER}
+    assert headers == {"X-Correlation-ID", SIGNATURE_HEADER, TIMESTAMP_HEADER}
     assert "/webhooks/status/{saga_id}" in paths
     assert "/webhooks/status/{saga_id}/diagram" in paths
     assert "/webhooks/{source}/status/{correlation_id}" in paths

@@ -12,7 +12,7 @@ from flask import Flask
 from sagaz_flask_helpers import sagaz_of, wait_terminal
 
 from sagaz.core import CORRELATION_ID_HEADER, InMemorySagaStorage, StorageError
-from sagaz.core.web import SIGNATURE_HEADER, sign_body
+from sagaz.core.web import signature_headers
 
 
 def order(order_id: str | None = None, amount: float = 99.99) -> dict[str, Any]:
@@ -296,19 +296,19 @@ def test_signature_required_for_a_source_with_a_secret(client: Any) -> None:
 
     payload = json.dumps(order()).encode()
     unsigned = client.post("/webhooks/order_signed", data=payload, content_type="application/json")
-    assert_error(unsigned, 401, "invalid_signature")
+    assert_error(unsigned, 401, "missing_signature")
     wrong = client.post(
         "/webhooks/order_signed",
         data=payload,
         content_type="application/json",
-        headers={SIGNATURE_HEADER: sign_body(payload, "other")},
+        headers=signature_headers(payload, "other"),
     )
     assert_error(wrong, 401, "invalid_signature")
     signed = client.post(
         "/webhooks/order_signed",
         data=payload,
         content_type="application/json",
-        headers={SIGNATURE_HEADER: sign_body(payload, SIGNING_SECRET)},
+        headers=signature_headers(payload, SIGNING_SECRET),
     )
     assert signed.status_code == 202
     # The other source needs no signature.
@@ -322,13 +322,13 @@ def test_blueprint_secrets_override_the_app_settings(app: Flask) -> None:
     assert_error(
         client.post("/strict/order_created", data=payload, content_type="application/json"),
         401,
-        "invalid_signature",
+        "missing_signature",
     )
     signed = client.post(
         "/strict/order_created",
         data=payload,
         content_type="application/json",
-        headers={SIGNATURE_HEADER: sign_body(payload, "k")},
+        headers=signature_headers(payload, "k"),
     )
     assert signed.status_code == 202
 

@@ -43,7 +43,7 @@ class RetryPolicy:
         """Seconds to wait after failed ``attempt`` (1-based) before the next one."""
         base = min(self.backoff_max, self.backoff_base * self.multiplier ** (attempt - 1))
         if self.jitter:
-            base *= 1 - self.jitter * random.random()  # noqa: S311 - jitter, not crypto
+            base *= 1 - self.jitter * random.random()  # noqa: S311 - jitter, not crypto  # nosec B311
         return base
 
 

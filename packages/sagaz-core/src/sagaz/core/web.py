@@ -12,18 +12,26 @@ and JSON are the same in FastAPI, Django and Flask (DESIGN section 4):
 
 Errors are ``{"error": code, "detail": message, "correlation_id": id}`` with a 4xx
 (503 when storage is unreachable), never a 500 for anything the caller sent.
+
+Security (see :mod:`sagaz.core.signatures` for the signature scheme):
+
+- a source with a secret (settings or ``SAGAZ_WEBHOOK_SECRET_<SOURCE>``) requires
+  ``X-Sagaz-Timestamp`` + ``X-Sagaz-Signature`` within the replay window, else 401;
+- status responses leave out the saga context unless ``expose_context`` is set;
+- ``authorize``, a callable taking the framework's request and returning True (allow)
+  or False (deny), guards the webhook, status and diagram routes: each plugin calls
+  :func:`check_authorization` / :func:`check_authorization_async` (403 JSON on deny).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import inspect
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 from sagaz.core.config import SagaConfig, get_config
 from sagaz.core.diagrams import to_mermaid
@@ -36,25 +44,43 @@ from sagaz.core.errors import (
 )
 from sagaz.core.records import SagaRecord
 from sagaz.core.registry import SagaRegistry, registry
+from sagaz.core.signatures import (
+    DEFAULT_SIGNATURE_TOLERANCE,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    lookup_secret,
+    sign_body,
+    signature_headers,
+    verify_signature,
+)
 from sagaz.core.status import SagaStatus
 from sagaz.core.triggers import fire_event
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_SIGNATURE_TOLERANCE",
     "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER",
+    "AuthorizeHook",
     "WebResponse",
     "WebhookService",
     "WebhookSettings",
+    "check_authorization",
+    "check_authorization_async",
     "error_response",
     "sign_body",
+    "signature_headers",
 ]
 
 logger = logging.getLogger("sagaz.web")
 
 #: Default largest webhook body accepted (1 MiB).
 DEFAULT_MAX_BODY_BYTES = 1_048_576
-#: Header carrying ``sha256=<hex HMAC-SHA256 of the body>`` for sources with a secret.
-SIGNATURE_HEADER = "X-Sagaz-Signature"
+
+#: An authorisation hook: takes the framework's request object, returns True to allow
+#: it or False to refuse it with 403 (FastAPI and async Django views may return an
+#: awaitable). Raising :class:`PermissionError` refuses with the exception's message.
+AuthorizeHook: TypeAlias = Callable[[Any], "bool | Awaitable[bool]"]
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -73,15 +99,37 @@ class WebhookSettings:
     """How the webhook routes behave.
 
     ``secrets`` maps a source to its HMAC-SHA256 shared secret (that source then
-    requires a valid :data:`SIGNATURE_HEADER`); ``expose_context`` shows a saga's
-    context in status responses (off by default: it may hold personal data);
-    ``run_in_process`` runs started sagas in this process (else workers run them).
+    requires a signed request, see :mod:`sagaz.core.signatures`); with
+    ``secrets_from_env`` (default) a source the mapping does not name takes its secret
+    from ``SAGAZ_WEBHOOK_SECRET_<SOURCE>`` when set. ``signature_tolerance`` is the
+    replay window in seconds (default 300); ``legacy_signatures`` also accepts the
+    older body-only signature without a timestamp (no replay protection).
+    ``expose_context`` shows a saga's context in status responses (off by default: it
+    may hold personal data); ``run_in_process`` runs started sagas in this process
+    (else workers run them); ``authorize`` (an :data:`AuthorizeHook`) guards the
+    webhook, status and diagram routes. Secrets are left out of ``repr()``.
     """
 
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    secrets: Mapping[str, str] = field(default_factory=dict)
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     expose_context: bool = False
     run_in_process: bool = True
+    signature_tolerance: float = DEFAULT_SIGNATURE_TOLERANCE
+    legacy_signatures: bool = False
+    secrets_from_env: bool = True
+    authorize: AuthorizeHook | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_body_bytes, bool) or self.max_body_bytes < 0:
+            raise ValueError(f"max_body_bytes must be >= 0, got {self.max_body_bytes!r}")
+        if not self.signature_tolerance > 0:
+            raise ValueError(
+                f"signature_tolerance must be > 0 seconds, got {self.signature_tolerance!r}"
+            )
+        if self.authorize is not None and not callable(self.authorize):
+            raise TypeError(
+                f"authorize must be a callable taking the request, got {self.authorize!r}"
+            )
 
 
 def error_response(
@@ -91,10 +139,75 @@ def error_response(
     return WebResponse(status, {"error": code, "detail": detail, "correlation_id": correlation_id})
 
 
-def sign_body(body: bytes, secret: str) -> str:
-    """The signature header value a sender computes: ``sha256=<hex digest>``."""
-    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return f"sha256={digest}"
+_DENIED = "the authorisation hook of these routes refused the request"
+
+
+def _forbidden(detail: str, correlation_id: str | None) -> WebResponse:
+    return error_response(403, "forbidden", detail, correlation_id)
+
+
+def _judge(result: object, hook: object, correlation_id: str | None) -> WebResponse | None:
+    if result is True:
+        return None
+    if result is False:
+        return _forbidden(f"{_DENIED}; send the credentials it expects", correlation_id)
+    logger.error(
+        "sagaz: the authorize hook %r returned %s, not True or False; the request is refused",
+        hook,
+        type(result).__name__,
+    )
+    return _forbidden(f"{_DENIED} (it failed on the server; see its log)", correlation_id)
+
+
+def _hook_failed(hook: object, correlation_id: str | None) -> WebResponse:
+    logger.exception("sagaz: the authorize hook %r raised; the request is refused", hook)
+    return _forbidden(f"{_DENIED} (it failed on the server; see its log)", correlation_id)
+
+
+def check_authorization(
+    hook: AuthorizeHook | None, request: object, correlation_id: str | None = None
+) -> WebResponse | None:
+    """Run a synchronous authorisation hook: None to go on, or the 403 to answer.
+
+    Fails closed: a hook that raises, returns something other than True/False, or
+    returns an awaitable (use :func:`check_authorization_async` on an event loop) refuses
+    the request. :class:`PermissionError` refuses with its own message.
+    """
+    if hook is None:
+        return None
+    try:
+        result = hook(request)
+    except PermissionError as exc:
+        return _forbidden(str(exc) or _DENIED, correlation_id)
+    except Exception:
+        return _hook_failed(hook, correlation_id)
+    if inspect.isawaitable(result):
+        if inspect.iscoroutine(result):
+            result.close()
+        logger.error(
+            "sagaz: the authorize hook %r is asynchronous; this route calls it synchronously "
+            "(give it a plain function); the request is refused",
+            hook,
+        )
+        return _forbidden(f"{_DENIED} (it failed on the server; see its log)", correlation_id)
+    return _judge(result, hook, correlation_id)
+
+
+async def check_authorization_async(
+    hook: AuthorizeHook | None, request: object, correlation_id: str | None = None
+) -> WebResponse | None:
+    """Like :func:`check_authorization`, awaiting the hook's result when it is awaitable."""
+    if hook is None:
+        return None
+    try:
+        result: object = hook(request)
+        if inspect.isawaitable(result):
+            result = await result
+    except PermissionError as exc:
+        return _forbidden(str(exc) or _DENIED, correlation_id)
+    except Exception:
+        return _hook_failed(hook, correlation_id)
+    return _judge(result, hook, correlation_id)
 
 
 def _is_json_type(content_type: str | None) -> bool:
@@ -162,8 +275,13 @@ class WebhookService:
         content_type: str | None,
         correlation_id: str,
         signature: str | None = None,
+        timestamp: str | None = None,
     ) -> WebResponse:
-        """Validate a webhook and start the sagas its source triggers (202)."""
+        """Validate a webhook and start the sagas its source triggers (202).
+
+        ``signature`` and ``timestamp`` are the raw :data:`SIGNATURE_HEADER` and
+        :data:`TIMESTAMP_HEADER` values (None when absent).
+        """
         settings = self.settings
         if not _SAFE_NAME.fullmatch(source) or not self.registry.triggers_for(source):
             known = ", ".join(sorted(self.registry.sources)) or "none"
@@ -189,16 +307,25 @@ class WebhookService:
                 f"(got {content_type or 'no Content-Type'})",
                 correlation_id,
             )
-        secret = settings.secrets.get(source)
+        secret = lookup_secret(source, settings.secrets, from_env=settings.secrets_from_env)
         if secret is not None:
-            expected = sign_body(body, secret)
-            if signature is None or not hmac.compare_digest(expected, signature.strip()):
-                return error_response(
-                    401,
-                    "invalid_signature",
-                    f"source {source!r} requires the header {SIGNATURE_HEADER}: "
-                    "sha256=<hex HMAC-SHA256 of the raw body with the shared secret>",
+            problem = verify_signature(
+                body,
+                secret,
+                signature=signature,
+                timestamp=timestamp,
+                tolerance=settings.signature_tolerance,
+                legacy=settings.legacy_signatures,
+            )
+            if problem is not None:
+                logger.info(
+                    "sagaz: refused a webhook for source %r: %s (correlation id %s)",
+                    source,
+                    problem.code,
                     correlation_id,
+                )
+                return error_response(
+                    401, problem.code, f"source {source!r}: {problem.detail}", correlation_id
                 )
         try:
             payload = json.loads(body)
@@ -254,6 +381,13 @@ class WebhookService:
 
     async def source_status(self, source: str, correlation_id: str) -> WebResponse:
         """The sagas started by events at ``source`` with ``correlation_id``."""
+        if not _SAFE_NAME.fullmatch(source):
+            # No webhook source has a name outside the safe alphabet: do not echo it.
+            return error_response(
+                404,
+                "not_found",
+                "no such source: source names are at most 128 characters of A-Z a-z 0-9 . _ : -",
+            )
         storage = self.config.storage
         try:
             await storage.ensure_open()
@@ -267,11 +401,12 @@ class WebhookService:
         except (StorageError, OSError) as exc:
             return _unavailable(exc, correlation_id)
         if not events:
+            shown = correlation_id if _SAFE_NAME.fullmatch(correlation_id) else "(invalid id)"
             return error_response(
                 404,
                 "not_found",
-                f"no event at source {source!r} has correlation id {correlation_id!r}",
-                correlation_id,
+                f"no event at source {source!r} has correlation id {shown!r}",
+                correlation_id if shown == correlation_id else None,
             )
         status, message = _overall(records)
         return WebResponse(

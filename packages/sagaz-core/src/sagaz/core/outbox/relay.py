@@ -125,7 +125,7 @@ class OutboxRelay:
         """Seconds to wait after the ``attempts``-th failure of an event (with jitter)."""
         exponent = min(max(attempts - 1, 0), 62)
         delay = min(self.backoff_max, self.backoff_base * 2.0**exponent)
-        return delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
+        return delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto  # nosec B311
 
     # -- one batch -----------------------------------------------------------------
 

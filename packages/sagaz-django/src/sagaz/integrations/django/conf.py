@@ -6,6 +6,9 @@ Every key is optional::
         "DATABASE": "default",       # the Django database alias sagas are stored in
         "RUN_IN_PROCESS": True,      # run started sagas in the web process (else: sagaz_worker)
         "WEBHOOK_SECRETS": {},       # source -> HMAC-SHA256 shared secret (signature required)
+        "SIGNATURE_TOLERANCE": 300,  # replay window of signed webhooks, in seconds
+        "LEGACY_SIGNATURES": False,  # also accept body-only signatures without a timestamp
+        "AUTHORIZE": None,           # "pkg.module.func" (or a function): request -> bool
         "MAX_BODY_BYTES": 1048576,   # largest webhook body accepted (413 above)
         "EXPOSE_CONTEXT": False,     # show a saga's context in the status routes
         "SAGA_MODULES": [],          # modules to import besides every installed app's sagas.py
@@ -22,7 +25,7 @@ settings and raises :class:`~django.core.exceptions.ImproperlyConfigured` naming
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -30,8 +33,14 @@ from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+from django.utils.module_loading import import_string
 
-from sagaz.core.web import DEFAULT_MAX_BODY_BYTES
+from sagaz.core.web import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_SIGNATURE_TOLERANCE,
+    AuthorizeHook,
+    WebhookSettings,
+)
 
 __all__ = ["DEFAULTS", "DOCS", "SagazSettings", "get_settings", "reset_settings", "validate"]
 
@@ -39,7 +48,14 @@ __all__ = ["DEFAULTS", "DOCS", "SagazSettings", "get_settings", "reset_settings"
 DOCS: Final[Mapping[str, str]] = {
     "DATABASE": "alias of the Django database that stores sagas (a key of DATABASES)",
     "RUN_IN_PROCESS": "run started sagas in this process (False: leave them to sagaz_worker)",
-    "WEBHOOK_SECRETS": "dict of webhook source -> HMAC-SHA256 shared secret (non-empty str)",
+    "WEBHOOK_SECRETS": "dict of webhook source -> HMAC-SHA256 shared secret (non-empty str); "
+    "a source not named here takes SAGAZ_WEBHOOK_SECRET_<SOURCE> from the environment",
+    "SIGNATURE_TOLERANCE": "replay window of signed webhooks: an X-Sagaz-Timestamp further "
+    "than this many seconds from the server's clock gets 401 (number > 0)",
+    "LEGACY_SIGNATURES": "also accept the older body-only X-Sagaz-Signature without a "
+    "timestamp (bool; no replay protection)",
+    "AUTHORIZE": "dotted path of (or) a function taking the request and returning True "
+    "(allow) or False (403); guards the webhook, status and diagram views",
     "MAX_BODY_BYTES": "largest webhook body accepted, in bytes (integer > 0)",
     "EXPOSE_CONTEXT": "show a saga's context in the status routes (bool; may hold personal data)",
     "SAGA_MODULES": "list of dotted module names defining sagas, imported at start-up",
@@ -53,6 +69,9 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "DATABASE": "default",
     "RUN_IN_PROCESS": True,
     "WEBHOOK_SECRETS": {},
+    "SIGNATURE_TOLERANCE": DEFAULT_SIGNATURE_TOLERANCE,
+    "LEGACY_SIGNATURES": False,
+    "AUTHORIZE": None,
     "MAX_BODY_BYTES": DEFAULT_MAX_BODY_BYTES,
     "EXPOSE_CONTEXT": False,
     "SAGA_MODULES": [],
@@ -68,17 +87,50 @@ class SagazSettings:
 
     database: str = "default"
     run_in_process: bool = True
-    webhook_secrets: Mapping[str, str] = field(default_factory=dict)
+    webhook_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     expose_context: bool = False
     saga_modules: tuple[str, ...] = ()
     outbox: bool = False
     lease_seconds: float = 30.0
     max_recoveries: int = 5
+    signature_tolerance: float = DEFAULT_SIGNATURE_TOLERANCE
+    legacy_signatures: bool = False
+    authorize: AuthorizeHook | None = None
+
+    def webhook_settings(self) -> WebhookSettings:
+        """The core's :class:`~sagaz.core.web.WebhookSettings` for the plugin's views."""
+        return WebhookSettings(
+            max_body_bytes=self.max_body_bytes,
+            secrets=dict(self.webhook_secrets),
+            expose_context=self.expose_context,
+            run_in_process=self.run_in_process,
+            signature_tolerance=self.signature_tolerance,
+            legacy_signatures=self.legacy_signatures,
+            authorize=self.authorize,
+        )
 
 
 def _key(name: str) -> str:
     return f"SAGAZ[{name!r}]"
+
+
+def _hook(value: object) -> tuple[Callable[..., Any] | None, str | None]:
+    """The AUTHORIZE hook (imported if given as a dotted path), or the problem with it."""
+    if value is None:
+        return None, None
+    if isinstance(value, str):
+        try:
+            value = import_string(value.strip())
+        except ImportError as exc:
+            return None, f"{_key('AUTHORIZE')} is {value!r}, which cannot be imported: {exc}"
+    if not callable(value):
+        return None, (
+            f"{_key('AUTHORIZE')} must be a function taking the request (or its dotted "
+            f"path), not {type(value).__name__}"
+        )
+    hook: Callable[..., Any] = value
+    return hook, None
 
 
 def _bool(problems: dict[str, str], raw: Mapping[str, Any], name: str) -> None:
@@ -117,7 +169,7 @@ def validate(raw: object, databases: Mapping[str, Any] | None = None) -> dict[st
                 f"{_key('DATABASE')} is {alias!r}, which is not a key of settings.DATABASES "
                 f"({', '.join(databases) or 'none'})"
             )
-    for name in ("RUN_IN_PROCESS", "EXPOSE_CONTEXT", "OUTBOX"):
+    for name in ("RUN_IN_PROCESS", "EXPOSE_CONTEXT", "OUTBOX", "LEGACY_SIGNATURES"):
         _bool(problems, raw, name)
     if "WEBHOOK_SECRETS" in raw:
         secrets = raw["WEBHOOK_SECRETS"]
@@ -160,6 +212,16 @@ def validate(raw: object, databases: Mapping[str, Any] | None = None) -> dict[st
             problems["LEASE_SECONDS"] = (
                 f"{_key('LEASE_SECONDS')} must be a number of seconds > 0, not {value!r}"
             )
+    if "SIGNATURE_TOLERANCE" in raw:
+        value = raw["SIGNATURE_TOLERANCE"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            problems["SIGNATURE_TOLERANCE"] = (
+                f"{_key('SIGNATURE_TOLERANCE')} must be a number of seconds > 0, not {value!r}"
+            )
+    if "AUTHORIZE" in raw:
+        problem = _hook(raw["AUTHORIZE"])[1]
+        if problem is not None:
+            problems["AUTHORIZE"] = problem
     if "MAX_RECOVERIES" in raw:
         value = raw["MAX_RECOVERIES"]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -200,6 +262,9 @@ def get_settings() -> SagazSettings:
         outbox=values["OUTBOX"],
         lease_seconds=float(values["LEASE_SECONDS"]),
         max_recoveries=values["MAX_RECOVERIES"],
+        signature_tolerance=float(values["SIGNATURE_TOLERANCE"]),
+        legacy_signatures=values["LEGACY_SIGNATURES"],
+        authorize=_hook(values["AUTHORIZE"])[0],
     )
     return cached
 

@@ -19,7 +19,7 @@ from sagaz.core.config import SagaConfig, configure
 from sagaz.core.portal import run_sync
 from sagaz.core.registry import registry
 from sagaz.core.runner import get_runner
-from sagaz.core.web import WebhookService, WebhookSettings
+from sagaz.core.web import WebhookService
 from sagaz.integrations.django.conf import get_settings
 
 if TYPE_CHECKING:
@@ -80,15 +80,7 @@ def get_service() -> WebhookService:
     if service is not None:
         return service
     values = get_settings()
-    service = _service = WebhookService(
-        get_config(),
-        WebhookSettings(
-            max_body_bytes=values.max_body_bytes,
-            secrets=dict(values.webhook_secrets),
-            expose_context=values.expose_context,
-            run_in_process=values.run_in_process,
-        ),
-    )
+    service = _service = WebhookService(get_config(), values.webhook_settings())
     return service
 
 

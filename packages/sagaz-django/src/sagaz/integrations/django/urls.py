@@ -8,6 +8,7 @@ path (after the prefix)                      method  what
 ``status/<saga_id>/diagram``                 GET     its Mermaid diagram
 ``<source>``                                 POST    webhook: start the sagas (202)
 ``<source>/status/<correlation_id>``         GET     the sagas an event started
+anything else                                any     a JSON 404
 ===========================================  ======  =====================================
 
 Each route resolves to its async view when Django handles the request on an event loop
@@ -75,4 +76,6 @@ urlpatterns = [
         "source-status",
     ),
     DualURLPattern("<str:source>", views.webhook, views.webhook_async, "webhook"),
+    # Anything else under the prefix: a JSON 404, not Django's HTML page.
+    DualURLPattern("<path:rest>", views.not_found, views.not_found_async, "not-found"),
 ]

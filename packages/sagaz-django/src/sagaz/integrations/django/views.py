@@ -11,11 +11,17 @@ Bodies larger than ``SAGAZ["MAX_BODY_BYTES"]`` are refused with 413 from their d
 ``Content-Length`` before anything is read; a body without one is read up to one byte
 past the limit, never whole. (Under ASGI Django itself receives the body before the view
 runs, spooling a large one to a temporary file.)
+
+``SAGAZ["AUTHORIZE"]``, when set, is called with the request before the webhook, status
+and diagram views do anything (not before ``health``): False refuses with a 403 JSON
+body. An ``async def`` hook is awaited in the async views; a plain one runs in a thread
+there (it may use the ORM).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -24,7 +30,15 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from sagaz.core.context import CORRELATION_ID_HEADER
 from sagaz.core.portal import run_sync
-from sagaz.core.web import SIGNATURE_HEADER, WebResponse, error_response
+from sagaz.core.web import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WebhookService,
+    WebResponse,
+    check_authorization,
+    check_authorization_async,
+    error_response,
+)
 from sagaz.integrations.django.middleware import request_correlation_id
 from sagaz.integrations.django.runtime import get_service
 
@@ -33,6 +47,8 @@ __all__ = [
     "diagram_async",
     "health",
     "health_async",
+    "not_found",
+    "not_found_async",
     "saga_status",
     "saga_status_async",
     "source_status",
@@ -45,6 +61,7 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 _V = TypeVar("_V", bound=Callable[..., Any])
 _SIGNATURE_META = "HTTP_" + SIGNATURE_HEADER.upper().replace("-", "_")
+_TIMESTAMP_META = "HTTP_" + TIMESTAMP_HEADER.upper().replace("-", "_")
 _CHUNK = 65_536
 
 
@@ -56,7 +73,10 @@ def _csrf_exempt(view: _V) -> _V:
 
 
 def _respond(result: WebResponse, correlation_id: str) -> HttpResponse:
-    response = JsonResponse(result.body, status=result.status)
+    body = result.body
+    if "error" in body and body.get("correlation_id") is None:
+        body = {**body, "correlation_id": correlation_id}
+    response = JsonResponse(body, status=result.status)
     for name, value in result.headers.items():
         response[name] = value
     response[CORRELATION_ID_HEADER] = correlation_id
@@ -109,7 +129,39 @@ def _webhook_args(request: HttpRequest) -> dict[str, Any]:
     return {
         "content_type": request.META.get("CONTENT_TYPE"),
         "signature": request.META.get(_SIGNATURE_META),
+        "timestamp": request.META.get(_TIMESTAMP_META),
     }
+
+
+def _guard(request: HttpRequest, allowed: str) -> tuple[WebhookService, HttpResponse | None]:
+    """The service, and the response to send instead of the view's (405 or 403), if any."""
+    if request.method not in ({"POST"} if allowed == "POST" else {"GET", "HEAD"}):
+        return get_service(), _not_allowed(request, allowed)
+    service = get_service()
+    correlation_id = request_correlation_id(request)
+    refused = check_authorization(service.settings.authorize, request, correlation_id)
+    return service, None if refused is None else _respond(refused, correlation_id)
+
+
+async def _guard_async(
+    request: HttpRequest, allowed: str
+) -> tuple[WebhookService, HttpResponse | None]:
+    """:func:`_guard` for the async views: an async hook is awaited, a plain one runs in a
+    thread (it may touch the database)."""
+    if request.method not in ({"POST"} if allowed == "POST" else {"GET", "HEAD"}):
+        return get_service(), _not_allowed(request, allowed)
+    service = get_service()
+    hook = service.settings.authorize
+    correlation_id = request_correlation_id(request)
+    if hook is None:
+        refused = None
+    elif inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(
+        getattr(hook, "__call__", None)  # noqa: B004 - an async __call__ on an object
+    ):
+        refused = await check_authorization_async(hook, request, correlation_id)
+    else:
+        refused = await sync_to_async(check_authorization)(hook, request, correlation_id)
+    return service, None if refused is None else _respond(refused, correlation_id)
 
 
 # ------------------------------------------------------------------- sync views (WSGI)
@@ -118,10 +170,10 @@ def _webhook_args(request: HttpRequest) -> dict[str, Any]:
 @_csrf_exempt
 def webhook(request: HttpRequest, source: str) -> HttpResponse:
     """``POST <source>``: start the sagas ``source`` triggers (202)."""
-    if request.method != "POST":
-        return _not_allowed(request, "POST")
+    service, blocked = _guard(request, "POST")
+    if blocked is not None:
+        return blocked
     correlation_id = request_correlation_id(request)
-    service = get_service()
     declared = _declared_length(request)
     refused = service.check_content_length(declared, correlation_id)
     if refused is not None:
@@ -140,27 +192,30 @@ def webhook(request: HttpRequest, source: str) -> HttpResponse:
 @_csrf_exempt
 def source_status(request: HttpRequest, source: str, correlation_id: str) -> HttpResponse:
     """``GET <source>/status/<correlation_id>``: the sagas an event started."""
-    if request.method not in {"GET", "HEAD"}:
-        return _not_allowed(request, "GET")
-    result = _portal(get_service().source_status, source, correlation_id)
+    service, refused = _guard(request, "GET")
+    if refused is not None:
+        return refused
+    result = _portal(service.source_status, source, correlation_id)
     return _respond(result, request_correlation_id(request))
 
 
 @_csrf_exempt
 def saga_status(request: HttpRequest, saga_id: str) -> HttpResponse:
     """``GET status/<saga_id>``: one saga's state, steps, failed step and error."""
-    if request.method not in {"GET", "HEAD"}:
-        return _not_allowed(request, "GET")
-    result = _portal(get_service().saga_status, saga_id)
+    service, refused = _guard(request, "GET")
+    if refused is not None:
+        return refused
+    result = _portal(service.saga_status, saga_id)
     return _respond(result, request_correlation_id(request))
 
 
 @_csrf_exempt
 def diagram(request: HttpRequest, saga_id: str) -> HttpResponse:
     """``GET status/<saga_id>/diagram``: the saga's Mermaid diagram with step states."""
-    if request.method not in {"GET", "HEAD"}:
-        return _not_allowed(request, "GET")
-    result = _portal(get_service().saga_diagram, saga_id)
+    service, refused = _guard(request, "GET")
+    if refused is not None:
+        return refused
+    result = _portal(service.saga_diagram, saga_id)
     return _respond(result, request_correlation_id(request))
 
 
@@ -179,10 +234,10 @@ def health(request: HttpRequest) -> HttpResponse:
 @_csrf_exempt
 async def webhook_async(request: HttpRequest, source: str) -> HttpResponse:
     """Async ``POST <source>``: the service runs on the server's event loop."""
-    if request.method != "POST":
-        return _not_allowed(request, "POST")
+    service, blocked = await _guard_async(request, "POST")
+    if blocked is not None:
+        return blocked
     correlation_id = request_correlation_id(request)
-    service = get_service()
     declared = _declared_length(request)
     refused = service.check_content_length(declared, correlation_id)
     if refused is not None:
@@ -203,27 +258,30 @@ async def source_status_async(
     request: HttpRequest, source: str, correlation_id: str
 ) -> HttpResponse:
     """Async ``GET <source>/status/<correlation_id>``."""
-    if request.method not in {"GET", "HEAD"}:
-        return _not_allowed(request, "GET")
-    result = await get_service().source_status(source, correlation_id)
+    service, refused = await _guard_async(request, "GET")
+    if refused is not None:
+        return refused
+    result = await service.source_status(source, correlation_id)
     return _respond(result, request_correlation_id(request))
 
 
 @_csrf_exempt
 async def saga_status_async(request: HttpRequest, saga_id: str) -> HttpResponse:
     """Async ``GET status/<saga_id>``."""
-    if request.method not in {"GET", "HEAD"}:
-        return _not_allowed(request, "GET")
-    result = await get_service().saga_status(saga_id)
+    service, refused = await _guard_async(request, "GET")
+    if refused is not None:
+        return refused
+    result = await service.saga_status(saga_id)
     return _respond(result, request_correlation_id(request))
 
 
 @_csrf_exempt
 async def diagram_async(request: HttpRequest, saga_id: str) -> HttpResponse:
     """Async ``GET status/<saga_id>/diagram``."""
-    if request.method not in {"GET", "HEAD"}:
-        return _not_allowed(request, "GET")
-    result = await get_service().saga_diagram(saga_id)
+    service, refused = await _guard_async(request, "GET")
+    if refused is not None:
+        return refused
+    result = await service.saga_diagram(saga_id)
     return _respond(result, request_correlation_id(request))
 
 
@@ -234,3 +292,28 @@ async def health_async(request: HttpRequest) -> HttpResponse:
         return _not_allowed(request, "GET")
     result = await get_service().health()
     return _respond(result, request_correlation_id(request))
+
+
+# ------------------------------------------------------------------- anything else
+
+
+@_csrf_exempt
+def not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
+    """Any other path under the plugin's prefix: a JSON 404 (not Django's HTML page)."""
+    correlation_id = request_correlation_id(request)
+    return _respond(
+        error_response(
+            404,
+            "not_found",
+            "no Sagaz route has this path; the routes are health, status/<saga_id>, "
+            "status/<saga_id>/diagram, <source> and <source>/status/<correlation_id>",
+            correlation_id,
+        ),
+        correlation_id,
+    )
+
+
+@_csrf_exempt
+async def not_found_async(request: HttpRequest, rest: str = "") -> HttpResponse:
+    """Async :func:`not_found`."""
+    return not_found(request, rest)

@@ -41,9 +41,11 @@ from sagaz.core import (
 from sagaz.core.registry import SagaRegistry
 from sagaz.core.web import (
     SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
     WebhookService,
     WebhookSettings,
     WebResponse,
+    check_authorization_async,
     error_response,
 )
 from sagaz.integrations.fastapi.lifespan import SagazNotInitializedError, get_config
@@ -72,7 +74,10 @@ def _json(status: int, body: dict[str, Any], correlation_id: str, headers: Any =
 
 
 def _to_response(result: WebResponse, correlation_id: str) -> Response:
-    return _json(result.status, result.body, correlation_id, result.headers)
+    body = result.body
+    if "error" in body and body.get("correlation_id") is None:
+        body = {**body, "correlation_id": correlation_id}
+    return _json(result.status, body, correlation_id, result.headers)
 
 
 def _error(status: int, code: str, detail: str, correlation_id: str, headers: Any = ()) -> Response:
@@ -148,8 +153,9 @@ class SagazRoute(APIRoute):
                 return _error(500, "sagaz_not_initialized", str(exc), get_correlation_id(request))
             except Exception:
                 correlation_id = get_correlation_id(request)
+                # %r: the path is the caller's and may hold control characters.
                 logger.exception(
-                    "sagaz: error in %s (correlation id %s)", request.url.path, correlation_id
+                    "sagaz: error in %r (correlation id %s)", request.url.path, correlation_id
                 )
                 return _error(
                     500,
@@ -182,7 +188,10 @@ class SagazRoute(APIRoute):
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     described = {
         400: "Invalid JSON, not a JSON object, or a missing idempotency field (named in `detail`).",
-        401: "The source requires an X-Sagaz-Signature and it is missing or wrong.",
+        401: "The source requires a signed request (X-Sagaz-Timestamp and X-Sagaz-Signature) "
+        "and the signature is missing or wrong, or the timestamp missing or outside the "
+        "replay window (`error` says which).",
+        403: "The authorisation hook (WebhookSettings.authorize) refused the request.",
         404: "Unknown source, saga or correlation id.",
         413: "The body is larger than the limit.",
         415: "The body is not sent as JSON (Content-Type: application/json).",
@@ -251,15 +260,23 @@ def create_webhook_router(
     tags: Iterable[str] = ("sagaz",),
     dependencies: Sequence[Depends] | None = None,
     include_in_schema: bool = True,
+    json_not_found: bool = True,
 ) -> APIRouter:
     """The webhook routes under ``prefix``: ``app.include_router(create_webhook_router())``.
 
     ``settings`` (:class:`sagaz.core.web.WebhookSettings`) sets the body size limit,
-    per-source HMAC secrets, whether status responses show the saga context, and whether
-    sagas run in this process or are left to workers. ``config`` defaults to the
+    per-source HMAC secrets and the replay window, whether status responses show the saga
+    context, whether sagas run in this process or are left to workers, and ``authorize``,
+    a hook ``(request) -> bool`` (or an async one) guarding the webhook, status and
+    diagram routes (False: 403 JSON). ``config`` defaults to the
     application's (from :func:`~sagaz.integrations.fastapi.create_lifespan`);
     ``saga_registry`` to the process-wide registry. ``dependencies`` apply to every route
     (e.g. authentication); their ``HTTPException`` becomes the JSON error body.
+
+    With ``json_not_found`` (default) a request under ``prefix`` that matches none of
+    these routes (``/webhooks/a/b``, ``/webhooks/status/../x``) gets the JSON 404 (or 405)
+    too, not the application's default body; routes you add under the same prefix
+    after including this router are then unreachable: include it last, or pass False.
     """
     cfg_settings = settings or WebhookSettings()
     limit = cfg_settings.max_body_bytes
@@ -275,6 +292,11 @@ def create_webhook_router(
         cfg = config if config is not None else get_config(request)
         return WebhookService(cfg, cfg_settings, saga_registry)
 
+    async def denied(request: Request) -> Response | None:
+        correlation_id = get_correlation_id(request)
+        refused = await check_authorization_async(cfg_settings.authorize, request, correlation_id)
+        return None if refused is None else _to_response(refused, correlation_id)
+
     @router.get(
         "/health",
         response_model=HealthStatus,
@@ -288,33 +310,39 @@ def create_webhook_router(
     @router.get(
         "/status/{saga_id}",
         response_model=SagaState,
-        responses=_errors(404, 500, 503),
+        responses=_errors(403, 404, 500, 503),
         summary="One saga's state",
     )
     async def sagaz_saga_status(saga_id: str, request: Request) -> Response:
         """The saga's state, completed and compensated steps, failed step and error."""
+        if (refused := await denied(request)) is not None:
+            return refused
         result = await service(request).saga_status(saga_id)
         return _to_response(result, get_correlation_id(request))
 
     @router.get(
         "/status/{saga_id}/diagram",
         response_model=SagaDiagram,
-        responses=_errors(404, 500, 503),
+        responses=_errors(403, 404, 500, 503),
         summary="One saga's Mermaid diagram, steps coloured by state",
     )
     async def sagaz_saga_diagram(saga_id: str, request: Request) -> Response:
         """The Mermaid flowchart of the saga with each step coloured by its recorded state."""
+        if (refused := await denied(request)) is not None:
+            return refused
         result = await service(request).saga_diagram(saga_id)
         return _to_response(result, get_correlation_id(request))
 
     @router.get(
         "/{source}/status/{correlation_id}",
         response_model=SourceStatus,
-        responses=_errors(404, 500, 503),
+        responses=_errors(403, 404, 500, 503),
         summary="The sagas started by one event",
     )
     async def sagaz_event_status(source: str, correlation_id: str, request: Request) -> Response:
         """The sagas that the events with ``correlation_id`` at ``source`` started."""
+        if (refused := await denied(request)) is not None:
+            return refused
         result = await service(request).source_status(source, correlation_id)
         return _to_response(result, get_correlation_id(request))
 
@@ -322,7 +350,7 @@ def create_webhook_router(
         "/{source}",
         status_code=202,
         response_model=WebhookAccepted,
-        responses=_errors(400, 401, 404, 413, 415, 500, 503),
+        responses=_errors(400, 401, 403, 404, 413, 415, 500, 503),
         openapi_extra=_EVENT_BODY,
         summary="Post an event that starts sagas",
     )
@@ -341,13 +369,23 @@ def create_webhook_router(
             str | None,
             Header(
                 alias=SIGNATURE_HEADER,
-                description="sha256=<hex HMAC-SHA256 of the raw body>, for sources with a "
-                "shared secret.",
+                description='sha256=<hex HMAC-SHA256 of "<timestamp>." + the raw body>, for '
+                "sources with a shared secret.",
+            ),
+        ] = None,
+        x_sagaz_timestamp: Annotated[
+            str | None,
+            Header(
+                alias=TIMESTAMP_HEADER,
+                description="Unix time in seconds the request was signed at, for sources "
+                "with a shared secret (refused outside the replay window, default 300 s).",
             ),
         ] = None,
     ) -> Response:
         """Record the event and start the sagas whose ``@trigger`` listens to ``source``."""
         correlation_id = get_correlation_id(request)
+        if (refused := await denied(request)) is not None:
+            return refused
         webhooks = service(request)
         declared = _declared_length(request)
         too_large = webhooks.check_content_length(declared, correlation_id)
@@ -370,7 +408,44 @@ def create_webhook_router(
                 content_type=request.headers.get("content-type"),
                 correlation_id=correlation_id,
                 signature=x_sagaz_signature,
+                timestamp=x_sagaz_timestamp,
             )
         return _to_response(result, correlation_id)
+
+    if json_not_found and prefix.strip("/"):
+
+        @router.api_route(
+            "/{rest:path}",
+            methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            include_in_schema=False,
+        )
+        async def sagaz_no_route(rest: str, request: Request) -> Response:
+            """A JSON 404 (405 when another route has the path) for the rest of the prefix."""
+            correlation_id = get_correlation_id(request)
+            path = f"{router.prefix}/{rest}"  # as this router's own routes see it
+            allowed = sorted(
+                {
+                    method
+                    for route in router.routes
+                    if isinstance(route, APIRoute)
+                    and route.endpoint is not sagaz_no_route
+                    and route.path_regex.match(path)
+                    for method in route.methods or ()
+                }
+            )
+            if allowed:
+                return _error(
+                    405,
+                    "method_not_allowed",
+                    f"{request.method} is not allowed here; use {', '.join(allowed)}",
+                    correlation_id,
+                    {"Allow": ", ".join(allowed)},
+                )
+            return _error(
+                404,
+                "not_found",
+                "no Sagaz route has this path; see the API documentation for the routes",
+                correlation_id,
+            )
 
     return router

@@ -15,12 +15,19 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from werkzeug.utils import ImportStringError, import_string
+
 from sagaz.core import ConfigurationError, SagaConfig
-from sagaz.core.web import DEFAULT_MAX_BODY_BYTES, WebhookSettings
+from sagaz.core.web import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_SIGNATURE_TOLERANCE,
+    AuthorizeHook,
+    WebhookSettings,
+)
 
 __all__ = [
     "CONFIG_KEYWORDS",
@@ -76,6 +83,10 @@ EXTENSION_KEYWORDS: frozenset[str] = frozenset(
         "run_in_process",
         "saga_modules",
         "shutdown_timeout",
+        "signature_tolerance",
+        "legacy_signatures",
+        "authorize",
+        "metrics_endpoint",
     }
 )
 
@@ -110,12 +121,35 @@ SETTINGS: Mapping[str, tuple[str, str]] = {
     ),
     "SAGAZ_WEBHOOK_SECRETS": (
         "webhook_secrets",
-        "mapping source -> shared secret; that source then requires a valid "
-        "X-Sagaz-Signature: sha256=<hex HMAC-SHA256 of the body> (default: none)",
+        "mapping source -> shared secret; that source then requires X-Sagaz-Timestamp and "
+        'X-Sagaz-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>." + the body> (default: '
+        "none; a source not named here takes SAGAZ_WEBHOOK_SECRET_<SOURCE> from the "
+        "environment when set)",
+    ),
+    "SAGAZ_SIGNATURE_TOLERANCE": (
+        "signature_tolerance",
+        "replay window of signed webhooks in seconds: an X-Sagaz-Timestamp further from "
+        f"the server's clock gets 401 (default {DEFAULT_SIGNATURE_TOLERANCE:g})",
+    ),
+    "SAGAZ_LEGACY_SIGNATURES": (
+        "legacy_signatures",
+        "also accept the older body-only X-Sagaz-Signature without a timestamp (default "
+        "False: it has no replay protection)",
+    ),
+    "SAGAZ_AUTHORIZE": (
+        "authorize",
+        "a function (or its dotted path, 'pkg.module:func') taking the Flask request and "
+        "returning True to allow or False to refuse with 403; guards the webhook, status "
+        "and diagram routes (default: none)",
     ),
     "SAGAZ_MAX_BODY_BYTES": (
         "max_body_bytes",
         f"largest webhook body accepted, larger ones get 413 (default {DEFAULT_MAX_BODY_BYTES})",
+    ),
+    "SAGAZ_METRICS_ENDPOINT": (
+        "metrics_endpoint",
+        "serve Prometheus metrics on this path (True: /metrics) and count this app's "
+        "sagas; needs sagaz-core[prometheus] (default: off)",
     ),
     "SAGAZ_EXPOSE_CONTEXT": (
         "expose_context",
@@ -147,12 +181,16 @@ _KEY_OF_KEYWORD: Mapping[str, str] = {
 class SagaFlaskSettings:
     """The extension's own settings for one app (see :data:`SETTINGS`)."""
 
-    webhook_secrets: Mapping[str, str] = field(default_factory=dict)
+    webhook_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     expose_context: bool = False
     run_in_process: bool = True
     saga_modules: tuple[str, ...] = ()
     shutdown_timeout: float = 10.0
+    signature_tolerance: float = DEFAULT_SIGNATURE_TOLERANCE
+    legacy_signatures: bool = False
+    authorize: AuthorizeHook | None = None
+    metrics_endpoint: str | None = None
 
     def webhook_settings(
         self,
@@ -168,6 +206,9 @@ class SagaFlaskSettings:
             secrets=dict(self.webhook_secrets if secrets is None else secrets),
             expose_context=self.expose_context if expose_context is None else expose_context,
             run_in_process=self.run_in_process if run_in_process is None else run_in_process,
+            signature_tolerance=self.signature_tolerance,
+            legacy_signatures=self.legacy_signatures,
+            authorize=self.authorize,
         )
 
 
@@ -248,6 +289,24 @@ def _as_secrets(key: str, value: Any) -> dict[str, str]:
     )
 
 
+def _as_hook(key: str, value: Any) -> Callable[..., Any]:
+    if isinstance(value, str):
+        try:
+            value = import_string(value.strip())
+        except ImportStringError as exc:
+            raise ConfigurationError(
+                f"Sagaz setting {key} names {exc.import_name!r}, which cannot be imported: "
+                f"{exc.exception}"
+            ) from None
+    if not callable(value):
+        raise ConfigurationError(
+            f"Sagaz setting {key} must be a function taking the request (or its dotted "
+            f"path), got {type(value).__name__}"
+        )
+    hook: Callable[..., Any] = value
+    return hook
+
+
 def _extension_settings(values: Mapping[str, Any]) -> SagaFlaskSettings:
     kwargs: dict[str, Any] = {}
     for kw, value in values.items():
@@ -256,13 +315,33 @@ def _extension_settings(values: Mapping[str, Any]) -> SagaFlaskSettings:
             kwargs[kw] = _as_secrets(key, value)
         elif kw == "max_body_bytes":
             kwargs[kw] = _as_number(key, value, int, 0)
-        elif kw in {"expose_context", "run_in_process"}:
+        elif kw in {"expose_context", "run_in_process", "legacy_signatures"}:
             kwargs[kw] = _as_bool(key, value)
+        elif kw == "signature_tolerance":
+            kwargs[kw] = _as_number(key, value, float, 1)
+        elif kw == "authorize":
+            kwargs[kw] = _as_hook(key, value)
         elif kw == "saga_modules":
             kwargs[kw] = _as_modules(key, value)
         elif kw == "shutdown_timeout":
             kwargs[kw] = _as_number(key, value, float, 0)
+        elif kw == "metrics_endpoint":
+            kwargs[kw] = _as_metrics_path(key, value)
     return SagaFlaskSettings(**kwargs)
+
+
+def _as_metrics_path(key: str, value: Any) -> str | None:
+    if value is True or value is False or value is None:
+        return "/metrics" if value else None
+    if isinstance(value, str) and value.startswith("/"):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on"}:
+        return "/metrics"
+    if isinstance(value, str) and value.strip().lower() in {"", "0", "false", "no", "off"}:
+        return None
+    raise ConfigurationError(
+        f"Sagaz setting {key} must be True/False or a path starting with '/', got {value!r}"
+    )
 
 
 def resolve_settings(

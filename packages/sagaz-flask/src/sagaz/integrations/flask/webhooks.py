@@ -21,7 +21,14 @@ from sagaz.core import (
     is_valid_correlation_id,
     to_mermaid,
 )
-from sagaz.core.web import SIGNATURE_HEADER, WebhookService, WebResponse, error_response
+from sagaz.core.web import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WebhookService,
+    WebResponse,
+    check_authorization,
+    error_response,
+)
 from sagaz.integrations.flask.extension import json_response
 
 if TYPE_CHECKING:
@@ -68,10 +75,14 @@ def _answer(
     try:
         result = state.call(func, *args, **kwargs)
     except StorageError as exc:
-        logger.warning("sagaz: storage error on %s %s: %s", request.method, request.path, exc)
-        result = error_response(503, "storage_unavailable", f"saga storage failed: {exc}")
+        # %r: the path is the caller's and may hold control characters. The storage's
+        # message may name hosts or files: it goes to the log only.
+        logger.warning("sagaz: storage error on %s %r: %s", request.method, request.path, exc)
+        result = error_response(
+            503, "storage_unavailable", "saga storage is unavailable right now; retry later"
+        )
     except Exception:
-        logger.exception("sagaz: unexpected error on %s %s", request.method, request.path)
+        logger.exception("sagaz: unexpected error on %s %r", request.method, request.path)
         result = error_response(
             500, "internal_error", "the server failed to handle this request; see its log"
         )
@@ -89,6 +100,21 @@ def make_webhook_blueprint(name: str, state: SagaFlaskState, service: WebhookSer
     """A blueprint with the webhook, status, diagram and health routes (no prefix yet)."""
     blueprint = Blueprint(name, __name__)
     limit = service.settings.max_body_bytes
+    hook = service.settings.authorize
+
+    if hook is not None:
+
+        @blueprint.before_request
+        def authorize() -> Response | None:
+            """Run the ``authorize`` hook before the webhook, status and diagram routes."""
+            if request.endpoint == f"{blueprint.name}.health":
+                return None
+            refused = check_authorization(
+                hook,
+                request._get_current_object(),  # type: ignore[attr-defined]
+                _correlation_id(),
+            )
+            return None if refused is None else json_response(refused)
 
     @blueprint.post("/<source>")
     def webhook(source: str) -> Response:
@@ -107,6 +133,7 @@ def make_webhook_blueprint(name: str, state: SagaFlaskState, service: WebhookSer
             content_type=request.headers.get("Content-Type"),
             correlation_id=_correlation_id(),
             signature=request.headers.get(SIGNATURE_HEADER),
+            timestamp=request.headers.get(TIMESTAMP_HEADER),
         )
 
     @blueprint.get("/<source>/status/<correlation_id>")
