@@ -303,7 +303,8 @@ async def test_memory_database(tmp_path: Path) -> None:
 async def test_migrations_run_once(tmp_path: Path) -> None:
     path = tmp_path / "sagas.db"
     storage = SQLiteSagaStorage(path)
-    assert await storage.migrate() == [1]  # applied when it opened
+    all_versions = list(range(1, SQLiteSagaStorage.schema_version + 1))
+    assert await storage.migrate() == all_versions  # applied when it opened
     assert await storage.migrate() == []
     await storage.close()
     versions = raw_rows(path, "SELECT version, applied_at FROM sagaz_schema_version")
@@ -312,7 +313,7 @@ async def test_migrations_run_once(tmp_path: Path) -> None:
         assert await again.migrate() == []
         await again.close()
     assert raw_rows(path, "SELECT version, applied_at FROM sagaz_schema_version") == versions
-    assert [v for v, _ in versions] == [SQLiteSagaStorage.schema_version]
+    assert [v for v, _ in versions] == list(range(1, SQLiteSagaStorage.schema_version + 1))
 
 
 async def test_a_new_migration_upgrades_an_existing_file(
@@ -323,14 +324,17 @@ async def test_a_new_migration_upgrades_an_existing_file(
         await storage.create_saga(running("s"))
     upgrade = ("ALTER TABLE sagaz_sagas ADD COLUMN note TEXT",)
     monkeypatch.setattr(sqlite_module, "_MIGRATIONS", (*sqlite_module._MIGRATIONS, upgrade))
-    monkeypatch.setattr(SQLiteSagaStorage, "schema_version", 2)
+    latest = SQLiteSagaStorage.schema_version + 1
+    monkeypatch.setattr(SQLiteSagaStorage, "schema_version", latest)
     storage = SQLiteSagaStorage(path)
     try:
-        assert await storage.migrate() == [2]
+        assert await storage.migrate() == [latest]
         assert (await storage.load("s")) is not None
     finally:
         await storage.close()
-    assert [r[0] for r in raw_rows(path, "SELECT version FROM sagaz_schema_version")] == [1, 2]
+    assert [r[0] for r in raw_rows(path, "SELECT version FROM sagaz_schema_version")] == list(
+        range(1, latest + 1)
+    )
     assert "note" in {r[1] for r in raw_rows(path, "PRAGMA table_info(sagaz_sagas)")}
 
 
@@ -355,7 +359,9 @@ async def test_many_first_opens_at_once(tmp_path: Path) -> None:
         await asyncio.gather(*(s.create_saga(running(f"s{i}")) for i, s in enumerate(storages)))
     finally:
         await asyncio.gather(*(s.close() for s in storages))
-    assert raw_rows(path, "SELECT version FROM sagaz_schema_version") == [(1,)]
+    assert raw_rows(path, "SELECT version FROM sagaz_schema_version") == [
+        (v,) for v in range(1, SQLiteSagaStorage.schema_version + 1)
+    ]
     assert len(raw_rows(path, "SELECT * FROM sagaz_sagas")) == 8
 
 
@@ -679,7 +685,9 @@ def test_two_processes_write_one_file(tmp_path: Path) -> None:
     claims = [set(o["claimed"]) for o in outputs]
     assert not claims[0] & claims[1]
     assert claims[0] | claims[1] <= {r.saga_id for r in keyed}
-    assert raw_rows(path, "SELECT version FROM sagaz_schema_version") == [(1,)]
+    assert raw_rows(path, "SELECT version FROM sagaz_schema_version") == [
+        (v,) for v in range(1, SQLiteSagaStorage.schema_version + 1)
+    ]
 
 
 async def _check(storage: SQLiteSagaStorage) -> tuple[list[SagaRecord], list[SagaRecord]]:

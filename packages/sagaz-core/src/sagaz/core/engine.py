@@ -219,6 +219,7 @@ class SagaExecution:
                 correlation_id,
                 idempotency_key,
             )
+            self.trace_context = self._new.trace_context
             self._buffer.append(Transition(_K.SAGA_STARTED))
             self._emit("saga.started")
         else:
@@ -234,6 +235,7 @@ class SagaExecution:
     def _init_from_record(self, record: SagaRecord, retried: bool) -> None:
         self.saga_id = record.saga_id
         self.correlation_id = record.correlation_id
+        self.trace_context = record.trace_context
         self.context = dict(record.context)
         self._cancel_requested = record.cancel_requested
         steps = record.steps
@@ -302,6 +304,7 @@ class SagaExecution:
             status,
             error,
             duration,
+            self.trace_context,
         )
         await notify_listeners(self.listeners, method, event)
 
@@ -323,6 +326,12 @@ class SagaExecution:
                 **{**SagaContextManager.snapshot(), "correlation_id": cid}
             ):
                 return await self._run_holding_leases(started)
+        except BaseException:
+            # Not finished here (storage outage, cancellation): let the lease go rather
+            # than keep renewing it, so that a worker resumes the saga.
+            if storage.durable:
+                storage.release_lease_later(self.saga_id)
+            raise
         finally:
             active.discard(self.saga_id)
 

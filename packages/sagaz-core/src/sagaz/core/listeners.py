@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sagaz.core.status import SagaStatus
@@ -30,6 +30,9 @@ class SagaListenerEvent:
     status: SagaStatus | None = None
     error: BaseException | None = None
     duration: float | None = None
+    #: The W3C trace context the saga was started in (``traceparent``,
+    #: ``tracestate``), as stored with it; None when none was captured.
+    trace_context: Mapping[str, str] | None = None
 
 
 class SagaListener:

@@ -8,31 +8,54 @@ and its history read back identically from every backend.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from enum import StrEnum
+from enum import IntFlag, StrEnum
 from typing import Any
 
-from sagaz.core.status import SagaStatus, StepStatus
+from sagaz.core.status import TERMINAL_STATUSES, SagaStatus, StepStatus
 
 __all__ = [
     "SAGA_STATUS_BY_KIND",
+    "STEP_FIELDS_BY_KIND",
     "STEP_STATUS_BY_KIND",
     "HistoryEntry",
     "NewSaga",
     "OutboxEvent",
     "OutboxRecord",
     "OutboxStatus",
+    "RecordChange",
     "SagaQuery",
     "SagaRecord",
+    "StepChange",
+    "StepField",
     "StepRecord",
     "Transition",
     "TransitionKind",
     "TriggerEvent",
     "apply_transition",
+    "completed_results",
+    "derive_change",
+    "history_entries",
     "iso",
+    "touched_steps",
 ]
+
+
+_trace_capture: Callable[[], dict[str, str] | None] | None = None
+
+
+def _capture_trace() -> dict[str, str] | None:
+    """The current trace context (the default of :attr:`NewSaga.trace_context`)."""
+    global _trace_capture
+    capture = _trace_capture
+    if capture is None:
+        # Imported on first use: the observability package imports this module.
+        from sagaz.core.observability.tracecontext import current_trace_context
+
+        capture = _trace_capture = current_trace_context
+    return capture()
 
 
 def iso(ts: float | None) -> str | None:
@@ -78,6 +101,34 @@ STEP_STATUS_BY_KIND: dict[TransitionKind, StepStatus] = {
     TransitionKind.COMPENSATION_STARTED: StepStatus.COMPENSATING,
     TransitionKind.COMPENSATION_COMPLETED: StepStatus.COMPENSATED,
     TransitionKind.COMPENSATION_FAILED: StepStatus.COMPENSATION_FAILED,
+}
+
+
+class StepField(IntFlag):
+    """The fields of a step record a step transition sets (see :data:`STEP_FIELDS_BY_KIND`).
+
+    ``status`` is set by every step transition and ``started_at`` only by the first start,
+    so neither has a flag. The values are stable: the PostgreSQL backend merges step rows
+    with them in SQL.
+    """
+
+    ATTEMPTS = 1
+    RESULT = 2
+    ERROR = 4
+    FINISHED_AT = 8
+    COMPENSATION_ATTEMPTS = 16
+    COMPENSATION_ERROR = 32
+
+
+#: Which step fields each step-level transition sets (as :func:`apply_transition` does).
+STEP_FIELDS_BY_KIND: dict[TransitionKind, StepField] = {
+    TransitionKind.STEP_STARTED: StepField.ATTEMPTS,
+    TransitionKind.STEP_COMPLETED: StepField.RESULT | StepField.ERROR | StepField.FINISHED_AT,
+    TransitionKind.STEP_FAILED: StepField.ERROR | StepField.FINISHED_AT,
+    TransitionKind.STEP_CANCELLED: StepField.ERROR | StepField.FINISHED_AT,
+    TransitionKind.COMPENSATION_STARTED: StepField.COMPENSATION_ATTEMPTS,
+    TransitionKind.COMPENSATION_COMPLETED: StepField.COMPENSATION_ERROR | StepField.FINISHED_AT,
+    TransitionKind.COMPENSATION_FAILED: StepField.COMPENSATION_ERROR | StepField.FINISHED_AT,
 }
 
 
@@ -171,6 +222,16 @@ class NewSaga:
     correlation_id: str | None = None
     idempotency_key: str | None = None
     created_at: float = field(default_factory=time.time)
+    #: The W3C trace context (``traceparent``, ``tracestate``) current when the saga was
+    #: started, or None: captured by default when OpenTelemetry is installed and a span
+    #: is current (see :func:`sagaz.core.observability.current_trace_context`).
+    trace_context: dict[str, str] | None = field(default_factory=_capture_trace)
+    #: True when the process creating the saga runs it right away: it is recorded
+    #: already leased to the storage's :attr:`~sagaz.core.SagaStorage.owner_id` (as a
+    #: ``claim`` would), so no separate claim is needed. A duplicate (its idempotency
+    #: key is recorded) is neither written nor leased. A saga created RUNNING is always
+    #: leased; a PENDING one only with this flag.
+    leased: bool = False
 
 
 @dataclass(slots=True)
@@ -193,6 +254,8 @@ class SagaRecord:
     cancel_requested: bool = False
     steps: dict[str, StepRecord] = field(default_factory=dict)
     history: list[HistoryEntry] = field(default_factory=list)
+    #: The trace context the saga was started in (see :attr:`NewSaga.trace_context`).
+    trace_context: dict[str, str] | None = None
 
     @property
     def completed_steps(self) -> list[str]:
@@ -227,6 +290,7 @@ class SagaRecord:
             idempotency_key=new.idempotency_key,
             created_at=new.created_at,
             updated_at=new.created_at,
+            trace_context=None if new.trace_context is None else dict(new.trace_context),
         )
 
     def to_dict(
@@ -300,6 +364,106 @@ def apply_transition(record: SagaRecord, t: Transition) -> None:
     else:  # COMPENSATION_FAILED
         step.compensation_error = t.error
         step.finished_at = t.at
+
+
+@dataclass(slots=True)
+class StepChange:
+    """One step a batch of transitions touches, as a backend writes it back."""
+
+    #: The step's values after the batch.
+    step: StepRecord
+    #: Which fields the batch set (``status`` always; ``started_at`` on a first start).
+    fields: StepField
+    #: The 1-based position in the batch of the first transition that touched the step.
+    first: int
+
+
+@dataclass(slots=True)
+class RecordChange:
+    """What a batch of transitions changes in a saga's stored record (see :func:`derive_change`).
+
+    A backend writes ``record``'s saga fields (``status``, ``updated_at``, ``error``,
+    ``failed_step``, ``recoveries``) to the saga row, upserts one step row per entry of
+    ``steps`` and appends one history line per transition.
+    """
+
+    #: The record after the batch (``steps`` holds the stored steps it was given, plus
+    #: those the batch touched; ``history`` is left as given).
+    record: SagaRecord
+    #: The status a saga-level transition of the batch set, or None when none did.
+    status: SagaStatus | None
+    #: The steps the batch touched, by name, in the order it first touched them.
+    steps: dict[str, StepChange]
+
+    @property
+    def finished(self) -> bool:
+        """Whether the saga is in a terminal status after the batch (its lease goes)."""
+        return self.record.status in TERMINAL_STATUSES
+
+
+def derive_change(record: SagaRecord, transitions: Sequence[Transition]) -> RecordChange:
+    """The change ``transitions`` make to ``record``: the saga fields and step rows to write.
+
+    Pure: ``record`` (the stored state; it needs only the steps the batch touches) is not
+    modified. Backends that read the stored state first (SQLite, Django) pass it and
+    write the values back; one that merges in SQL (PostgreSQL) passes a blank record, so
+    ``error`` is the batch's errors joined, ``recoveries`` the recoveries it adds and
+    ``failed_step`` its first failed step, and merges them and each step's ``fields``
+    into the stored row the way :func:`apply_transition` would.
+    """
+    after = replace(record, steps=dict(record.steps))
+    steps = after.steps
+    fields: dict[str, StepField] = {}
+    first: dict[str, int] = {}
+    status: SagaStatus | None = None
+    for position, t in enumerate(transitions, 1):
+        name = t.step
+        set_fields = STEP_FIELDS_BY_KIND.get(t.kind)
+        if set_fields is not None and name is not None:
+            if name in fields:
+                fields[name] |= set_fields
+            else:
+                stored = steps.get(name)
+                if stored is not None:
+                    steps[name] = replace(stored)  # a copy: ``record`` stays as it was
+                fields[name] = set_fields
+                first[name] = position
+        apply_transition(after, t)
+        if t.kind in SAGA_STATUS_BY_KIND:
+            status = after.status
+    return RecordChange(
+        record=after,
+        status=status,
+        steps={name: StepChange(steps[name], fields[name], first[name]) for name in fields},
+    )
+
+
+def touched_steps(transitions: Sequence[Transition]) -> list[str]:
+    """The names of the steps ``transitions`` touch, in the order they first touch them
+    (the stored steps :func:`derive_change` needs)."""
+    names = (t.step for t in transitions if t.step is not None and t.kind in STEP_FIELDS_BY_KIND)
+    return list(dict.fromkeys(names))
+
+
+def completed_results(transitions: Sequence[Transition]) -> dict[str, dict[str, Any] | None]:
+    """The result each step completed in ``transitions`` records (the last one wins).
+
+    Backends serialise these before their transaction, so a result that is not JSON fails
+    before anything is written.
+    """
+    return {
+        t.step: t.result
+        for t in transitions
+        if t.kind is TransitionKind.STEP_COMPLETED and t.step is not None
+    }
+
+
+def history_entries(transitions: Sequence[Transition], first_seq: int) -> list[HistoryEntry]:
+    """The history lines ``transitions`` append, numbered from ``first_seq``."""
+    return [
+        HistoryEntry(seq, t.at, t.kind, t.step, t.attempt, t.error)
+        for seq, t in enumerate(transitions, first_seq)
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,11 @@ are the application's choice. Importing this module never imports OpenTelemetry:
 Spans (kind INTERNAL, tracer ``sagaz.core``):
 
 - ``saga <name>``: from the start (or resumption) of a run to its end. Its parent is
-  the span current when the saga starts (a web request's span, say), or the trace
-  context the saga was recorded with when the core provides it (see
-  :meth:`OpenTelemetryListener.capture_trace_context`), so that a worker resuming the
-  saga continues the same trace.
+  the span that was current when the saga was recorded (a web request's span, say):
+  the core stores that W3C trace context with the saga
+  (:mod:`sagaz.core.observability.tracecontext`), so a worker resuming the saga in
+  another process continues the same trace. Without a stored context, the span
+  current when the run starts is the parent.
 - ``saga.step <step>``: one per attempt, child of the saga span. While the step runs,
   its span is the current span, so spans the step's own code creates (HTTP calls,
   database queries) nest under it.
@@ -40,6 +41,7 @@ from sagaz.core._version import __version__
 from sagaz.core.errors import ConfigurationError
 from sagaz.core.listeners import SagaListener, SagaListenerEvent
 from sagaz.core.observability._tracking import RunTracker
+from sagaz.core.observability.tracecontext import context_from_carrier, current_trace_context
 from sagaz.core.status import SagaStatus, StepStatus
 
 if TYPE_CHECKING:
@@ -50,10 +52,9 @@ if TYPE_CHECKING:
 
 __all__ = ["TRACE_CONTEXT_KEY", "OpenTelemetryListener"]
 
-#: Where the proposed core change keeps a saga's W3C trace context (``traceparent``,
-#: ``tracestate``): ``NewSaga.trace_context`` / ``SagaRecord.trace_context``, passed
-#: to listeners as ``SagaListenerEvent.trace_context``. The listener reads that
-#: attribute when the event has it.
+#: Where the core keeps a saga's W3C trace context (``traceparent``, ``tracestate``):
+#: ``NewSaga.trace_context`` / ``SagaRecord.trace_context``, passed to listeners as
+#: ``SagaListenerEvent.trace_context``.
 TRACE_CONTEXT_KEY = "trace_context"
 
 _INSTALL = "pip install 'sagaz-core[otel]'"
@@ -108,7 +109,7 @@ class OpenTelemetryListener(SagaListener):
     ) -> None:
         try:
             from opentelemetry import context as otel_context
-            from opentelemetry import propagate, trace
+            from opentelemetry import trace
         except ImportError as exc:
             raise ConfigurationError(
                 f"OpenTelemetryListener needs opentelemetry-api: {_INSTALL}"
@@ -124,8 +125,6 @@ class OpenTelemetryListener(SagaListener):
         self._status = trace.Status
         self._get_current = otel_context.get_current
         self._attach = otel_context.attach
-        self._inject = propagate.inject
-        self._extract = propagate.extract
         self._runs: RunTracker[_SagaTrace] = RunTracker(self._abandoned, max_sagas)
 
     # -- trace context across processes --------------------------------------------
@@ -133,21 +132,17 @@ class OpenTelemetryListener(SagaListener):
     def capture_trace_context(self) -> dict[str, str]:
         """The current trace context as a W3C carrier (``traceparent``, ``tracestate``).
 
-        For the core to store with a saga when it is recorded, so that whichever
+        What the core stores with a saga when it is recorded (see
+        :func:`~sagaz.core.observability.current_trace_context`), so that whichever
         process runs or resumes the saga continues the caller's trace. Empty when no
         span is current.
         """
-        carrier: dict[str, str] = {}
-        self._inject(carrier)
-        return carrier
+        return current_trace_context() or {}
 
-    def _parent(self, event: SagaListenerEvent) -> Context | None:
+    @staticmethod
+    def _parent(event: SagaListenerEvent) -> Context | None:
         carrier: Mapping[str, str] | None = getattr(event, TRACE_CONTEXT_KEY, None)
-        if carrier:
-            extracted = self._extract(carrier)
-            if self._get_current_span(extracted).get_span_context().is_valid:
-                return extracted
-        return None  # the current context
+        return context_from_carrier(carrier)  # None: the current context
 
     # -- helpers ---------------------------------------------------------------------
 

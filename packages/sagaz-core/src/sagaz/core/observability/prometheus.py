@@ -52,6 +52,7 @@ of metrics is created per registry, however many listeners share it.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -68,11 +69,15 @@ if TYPE_CHECKING:
 
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+    from sagaz.core.config import SagaConfig
     from sagaz.core.storage.base import SagaStorage
+
+logger = logging.getLogger("sagaz.observability")
 
 __all__ = [
     "SAGA_DURATION_BUCKETS",
     "STEP_DURATION_BUCKETS",
+    "MetricsEndpoint",
     "PrometheusListener",
     "SagazMetrics",
     "StorageMetrics",
@@ -476,3 +481,68 @@ def render_metrics(
     encoder, content_type = client.exposition.choose_encoder(accept or "")
     body: bytes = encoder(registry)
     return body, content_type
+
+
+class MetricsEndpoint:
+    """What a web plugin's ``/metrics`` route does; the plugins' routes wrap one.
+
+    Creating it registers the Sagaz metrics on ``registry`` (default: the global
+    ``REGISTRY``), so every metric family is exposed from the first scrape; it raises
+    :class:`~sagaz.core.ConfigurationError` naming ``pip install
+    'sagaz-core[prometheus]'`` when prometheus-client is missing. :meth:`attach` adds a
+    :class:`PrometheusListener` on the same metrics to a config (once), so its sagas
+    are counted; :meth:`render` refreshes the storage gauges (outbox backlog and age,
+    unfinished sagas, leases; ``collect_storage=False`` skips that) and returns the
+    exposition body and its content type.
+
+    Metrics are per process: a worker process exposes its own (e.g. with
+    ``prometheus_client.start_http_server``), or use prometheus-client's multiprocess
+    mode.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        metrics: SagazMetrics | None = None,
+        collect_storage: bool = True,
+        scan_limit: int = 1000,
+    ) -> None:
+        self.metrics = metrics if metrics is not None else SagazMetrics.for_registry(registry)
+        self.collect_storage = collect_storage
+        self.scan_limit = scan_limit
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The registry the route exposes."""
+        return self.metrics.registry
+
+    def attach(self, config: SagaConfig) -> PrometheusListener:
+        """The :class:`PrometheusListener` of ``config`` on these metrics, added if missing."""
+        for listener in config.listeners:
+            if isinstance(listener, PrometheusListener) and listener.metrics is self.metrics:
+                return listener
+        added = PrometheusListener(metrics=self.metrics)
+        config.listeners.append(added)
+        return added
+
+    async def render(
+        self, storage: SagaStorage | None = None, accept: str | None = None
+    ) -> tuple[bytes, str]:
+        """Collect the storage gauges from ``storage`` (when given), then render.
+
+        A storage that cannot be read is logged (WARNING on ``sagaz.observability``)
+        and the other metrics are still returned: a scrape never fails because of it.
+        """
+        if self.collect_storage and storage is not None:
+            try:
+                await collect_storage_metrics(
+                    storage, metrics=self.metrics, scan_limit=self.scan_limit
+                )
+            except Exception:
+                logger.warning(
+                    "sagaz: could not read the storage gauges for /metrics; the saga and "
+                    "step metrics are still exposed",
+                    exc_info=True,
+                )
+        return render_metrics(self.registry, accept)

@@ -29,6 +29,24 @@ __all__ = ["LeaseLostError", "SagaStorage"]
 
 logger = logging.getLogger("sagaz.storage")
 
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def current_pid() -> int:
+    """This process's id, read without a system call (updated in a forked child).
+
+    The storages check it on every write to notice they run in a forked child.
+    """
+    return _pid
+
 
 class LeaseLostError(SagaError, RuntimeError):
     """This process no longer holds the lease of a saga (another worker took it over).
@@ -53,6 +71,7 @@ class SagaStorage(ABC):
     lease_seconds: float = 30.0
 
     def __init__(self) -> None:
+        self._orphans: tuple[int, set[str]] = (os.getpid(), set())
         self._opened = False
         self._open_lock: asyncio.Lock | None = None
         self._owner: tuple[int, str] | None = None
@@ -68,7 +87,7 @@ class SagaStorage(ABC):
         :meth:`~sagaz.core.Saga.resume`, recovery and cancellation consult it so a saga
         is never executed twice at once by the process that holds its lease.
         """
-        pid = os.getpid()
+        pid = _pid
         if self._running_here[0] != pid:
             self._running_here = (pid, set())
         return self._running_here[1]
@@ -76,7 +95,7 @@ class SagaStorage(ABC):
     @property
     def owner_id(self) -> str:
         """This process's lease owner id (new in a forked child)."""
-        pid = os.getpid()
+        pid = _pid
         owner = self._owner
         if owner is not None and owner[0] == pid:
             return owner[1]
@@ -97,12 +116,35 @@ class SagaStorage(ABC):
         finally:
             self._held -= 1
 
+    def release_lease_later(self, saga_id: str) -> None:
+        """Note that this process stopped running ``saga_id`` without finishing it (its run
+        raised, e.g. on a storage outage): the lease keeper releases its lease instead of
+        renewing it, so another worker resumes the saga once the storage answers again."""
+        pid = os.getpid()
+        owned = getattr(self, "_orphans", None)
+        if owned is None or owned[0] != pid:
+            owned = self._orphans = (pid, set())
+        owned[1].add(saga_id)
+
+    async def _release_orphans(self) -> None:
+        pid, orphans = getattr(self, "_orphans", (0, set()))
+        ids = [i for i in orphans if i not in self.running_here] if pid == os.getpid() else []
+        if not ids:
+            return
+        try:
+            await self.release_leases(ids)
+        except Exception:
+            logger.warning("sagaz: releasing the leases of interrupted sagas failed; retrying")
+            return
+        orphans.difference_update(ids)
+
     async def _keep_leases(self) -> None:
         interval = max(self.lease_seconds / 3, 0.05)
         while self._held > 0 and self._opened:
             await asyncio.sleep(interval)
             if self._held <= 0 or not self._opened:
                 break
+            await self._release_orphans()
             try:
                 await self.renew_leases()
             except Exception:
@@ -120,7 +162,7 @@ class SagaStorage(ABC):
         and threads are unusable: the backend is opened anew in the child.
         """
         if self._opened:
-            if self._opened_pid == os.getpid():
+            if self._opened_pid == _pid:
                 return
             # Forked: forget the parent's connections (never close them from here).
             self._opened = False
@@ -177,7 +219,9 @@ class SagaStorage(ABC):
         Returns ``(saga_id, True)``. When ``new.idempotency_key`` is already recorded for
         ``new.saga_name`` nothing is written and ``(existing_saga_id, False)`` is
         returned; this is race-free (a unique constraint, not check-then-insert). A saga
-        created RUNNING is leased to :attr:`owner_id`; a PENDING one is unowned.
+        created RUNNING is leased to :attr:`owner_id`; a PENDING one is unowned unless
+        ``new.leased`` (its creator runs it at once: leased in the same write, as
+        :meth:`claim` would, so that no claim is needed). A duplicate is never leased.
         """
 
     @abstractmethod

@@ -149,6 +149,11 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             )""",
         ),
     ),
+    Migration(
+        2,
+        "the W3C trace context a saga was started in",
+        ("ALTER TABLE sagaz_sagas ADD COLUMN trace_context jsonb",),
+    ),
 )
 
 #: The schema version this release of sagaz-core writes.

@@ -55,22 +55,22 @@ except ImportError as _exc:  # pragma: no cover - depends on the installed extra
 
 from sagaz.core.errors import ConfigurationError, StorageError
 from sagaz.core.records import (
-    SAGA_STATUS_BY_KIND,
     HistoryEntry,
     NewSaga,
     OutboxEvent,
     OutboxRecord,
     OutboxStatus,
+    RecordChange,
     SagaQuery,
     SagaRecord,
     StepRecord,
     Transition,
     TransitionKind,
     TriggerEvent,
-    apply_transition,
+    derive_change,
 )
 from sagaz.core.status import TERMINAL_STATUSES, SagaStatus, StepStatus
-from sagaz.core.storage.base import LeaseLostError, SagaStorage
+from sagaz.core.storage.base import LeaseLostError, SagaStorage, current_pid
 from sagaz.core.storage.migrations_postgres import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = ["PostgresSagaStorage"]
@@ -97,7 +97,7 @@ _INSERT_VERSION: Final = "INSERT INTO sagaz_schema_version (version, applied_at)
 _SAGA_COLUMNS: Final = (
     "saga_id, saga_name, status, context, correlation_id, idempotency_key, created_at, "
     "updated_at, error, failed_step, recoveries, lease_owner, lease_expires_at, "
-    "cancel_requested"
+    "cancel_requested, trace_context"
 )
 
 
@@ -177,11 +177,11 @@ _OUTBOX_CTE: Final = """ob AS (
 # create_saga: insert the saga unless its id or (saga_name, idempotency_key) exists.
 _CREATE_HEAD: Final = """INSERT INTO sagaz_sagas (saga_id, saga_name, status, context,
         correlation_id, idempotency_key, created_at, updated_at, error, failed_step,
-        recoveries, lease_owner, lease_expires_at, history_seq)
+        recoveries, lease_owner, lease_expires_at, history_seq, trace_context)
     VALUES (%(saga_id)s, %(saga_name)s, %(status)s, %(context)s::jsonb,
         %(correlation_id)s, %(key)s::text, %(created_at)s::float8, %(updated_at)s::float8,
         %(error)s, %(failed_step)s, %(recoveries)s::int, %(owner)s::text,
-        %(lease_until)s::float8, %(n)s::int)
+        %(lease_until)s::float8, %(n)s::int, %(trace_context)s::jsonb)
     ON CONFLICT DO NOTHING
     RETURNING 0 AS base"""
 _SELECT_BY_KEY: Final = (
@@ -343,21 +343,6 @@ _INBOX_SEEN: Final = "SELECT EXISTS (SELECT FROM sagaz_inbox WHERE consumer = %s
 
 # --------------------------------------------------------------------------- rows
 
-# Which StepRecord fields each step transition sets (bits of ``mask`` in _STEPS_MERGE);
-# the values themselves come from apply_transition. ``status`` is always set and
-# ``started_at`` is set only while still empty (first start), as in apply_transition.
-_ATTEMPTS, _RESULT, _ERROR, _FINISHED, _COMP_ATTEMPTS, _COMP_ERROR = 1, 2, 4, 8, 16, 32
-_K = TransitionKind
-_STEP_FIELDS: Final[dict[TransitionKind, int]] = {
-    _K.STEP_STARTED: _ATTEMPTS,
-    _K.STEP_COMPLETED: _RESULT | _ERROR | _FINISHED,
-    _K.STEP_FAILED: _ERROR | _FINISHED,
-    _K.STEP_CANCELLED: _ERROR | _FINISHED,
-    _K.COMPENSATION_STARTED: _COMP_ATTEMPTS,
-    _K.COMPENSATION_COMPLETED: _COMP_ERROR | _FINISHED,
-    _K.COMPENSATION_FAILED: _COMP_ERROR | _FINISHED,
-}
-
 
 def _text(value: str | None) -> str | None:
     """An error message PostgreSQL can store (text cannot hold NUL characters)."""
@@ -400,13 +385,15 @@ def _dump_rows(rows: list[dict[str, Any]]) -> str | None:
 
 def _rows(
     saga_id: str,
-    record: SagaRecord,
+    change: RecordChange,
     transitions: Sequence[Transition],
     events: Sequence[OutboxEvent],
-    masks: dict[str, int] | None,
+    *,
+    merge: bool,
 ) -> tuple[dict[str, str], _Sections]:
     """The JSON rows of one write (``h`` history lines, ``s`` step changes, ``e`` outbox
-    events: only those it has), and which of the three it has."""
+    events: only those it has), and which of the three it has. With ``merge``, each step
+    row says which fields the transitions set (``mask``, the bits of StepField)."""
     rows: dict[str, str | None] = {}
     if transitions:
         rows["h"] = _dump_rows(
@@ -421,16 +408,12 @@ def _rows(
                 for t in transitions
             ]
         )
-    if record.steps:
-        first: dict[str, int] = {}
-        for pos, t in enumerate(transitions, 1):
-            if t.step is not None and t.step not in first and t.kind in _STEP_FIELDS:
-                first[t.step] = pos
+    if change.steps:
         rows["s"] = _dump_rows(
             [
                 {
                     "name": name,
-                    "pos": first.get(name, 0),
+                    "pos": c.first,
                     "status": step.status.value,
                     "attempts": step.attempts,
                     "result": step.result,
@@ -439,14 +422,15 @@ def _rows(
                     "finished_at": step.finished_at,
                     "comp_attempts": step.compensation_attempts,
                     "comp_error": _text(step.compensation_error),
-                    "mask": 0 if masks is None else masks.get(name, 0),
+                    "mask": int(c.fields) if merge else 0,
                 }
-                for name, step in record.steps.items()
+                for name, c in change.steps.items()
+                for step in (c.step,)
             ]
         )
         if rows["s"] is None:
-            for name, step in record.steps.items():
-                problem = _json_problem(step.result)
+            for name, c in change.steps.items():
+                problem = _json_problem(c.step.result)
                 if problem is not None:
                     raise _not_json(f"the result of step {name!r} of saga {saga_id!r}", problem)
     if events:
@@ -486,24 +470,17 @@ def _write_params(
     """The statement of a ``kind`` write (record, reopen) and its parameters: the change
     ``transitions`` make, as deltas.
 
-    The transitions are applied with apply_transition to a blank record: that gives the
-    saga's new status (if any changed it), the errors to append, the first failed step,
-    the recoveries to add, and each touched step's new values; the statement merges
-    them into the stored row the way apply_transition would have.
+    The change is derived (derive_change) from a blank record: that gives the saga's new
+    status (if any changed it), the errors to append, the first failed step, the
+    recoveries to add, and each touched step's new values and the fields set; the
+    statement merges them into the stored row the way apply_transition would have.
     """
-    scratch = SagaRecord(saga_id, "", SagaStatus.PENDING, {})
-    status: str | None = None
-    masks: dict[str, int] = {}
-    for t in transitions:
-        apply_transition(scratch, t)
-        if t.kind in SAGA_STATUS_BY_KIND:
-            status = scratch.status.value
-        elif t.step is not None:
-            masks[t.step] = masks.get(t.step, 0) | _STEP_FIELDS.get(t.kind, 0)
-    rows, sections = _rows(saga_id, scratch, transitions, events, masks)
+    change = derive_change(SagaRecord(saga_id, "", SagaStatus.PENDING, {}), transitions)
+    scratch = change.record
+    rows, sections = _rows(saga_id, change, transitions, events, merge=True)
     return _STATEMENTS[kind, sections], {
         "saga_id": saga_id,
-        "status": status,
+        "status": None if change.status is None else change.status.value,
         "updated_at": transitions[-1].at if transitions else None,
         "recoveries": scratch.recoveries,
         "error": _text(scratch.error),
@@ -537,8 +514,9 @@ def _saga_from_row(row: Sequence[Any]) -> SagaRecord:
         lease_owner=row[11],
         lease_expires_at=row[12],
         cancel_requested=row[13],
+        trace_context=row[14],
     )
-    steps = row[14] if len(row) > 14 else None
+    steps = row[15] if len(row) > 15 else None
     if steps:
         for name, status, attempts, result, error, started, finished, c_att, c_err in steps:
             record.steps[name] = StepRecord(
@@ -552,7 +530,7 @@ def _saga_from_row(row: Sequence[Any]) -> SagaRecord:
                 compensation_attempts=c_att,
                 compensation_error=c_err,
             )
-    history = row[15] if len(row) > 15 else None
+    history = row[16] if len(row) > 16 else None
     if history:
         record.history = [
             HistoryEntry(seq, float(at), TransitionKind(kind), step, attempt, error)
@@ -833,7 +811,7 @@ class PostgresSagaStorage(SagaStorage):
     @contextlib.asynccontextmanager
     async def _connection(self, what: str) -> AsyncIterator[_Conn]:
         """A pooled connection, always returned; psycopg errors become StorageError."""
-        if self._pid != os.getpid():
+        if self._pid != current_pid():
             self._forget_inherited_pool()
         if not self._opened:
             await self.ensure_open()
@@ -886,11 +864,10 @@ class PostgresSagaStorage(SagaStorage):
     def _create_params(
         self, new: NewSaga, transitions: Sequence[Transition], events: Sequence[OutboxEvent]
     ) -> tuple[str, dict[str, Any]]:
-        record = SagaRecord.from_new(new)
-        for t in transitions:
-            apply_transition(record, t)
-        leased = new.status is SagaStatus.RUNNING and record.status not in TERMINAL_STATUSES
-        rows, sections = _rows(new.saga_id, record, transitions, events, None)
+        change = derive_change(SagaRecord.from_new(new), transitions)
+        record = change.record
+        leased = (new.leased or new.status is SagaStatus.RUNNING) and not change.finished
+        rows, sections = _rows(new.saga_id, change, transitions, events, merge=False)
         return _STATEMENTS["create", sections], {
             "saga_id": new.saga_id,
             "saga_name": new.saga_name,
@@ -898,6 +875,7 @@ class PostgresSagaStorage(SagaStorage):
             "context": _dumps(dict(new.context), f"the context of saga {new.saga_id!r}"),
             "correlation_id": new.correlation_id,
             "key": new.idempotency_key,
+            "trace_context": None if new.trace_context is None else json.dumps(new.trace_context),
             "created_at": new.created_at,
             "updated_at": record.updated_at,
             "error": _text(record.error),
@@ -1108,7 +1086,9 @@ class PostgresSagaStorage(SagaStorage):
         )
         results: list[tuple[str, bool]] = [("", False)] * len(prepared)
         what = f"record trigger event {event.event_id!r}"
-        async with self._connection(what) as conn, conn.transaction():
+        # One pipeline: BEGIN, the inserts, the event and COMMIT go out without waiting for
+        # each other's answers (two round trips instead of one per statement).
+        async with self._connection(what) as conn, conn.pipeline(), conn.transaction():
             for i in order:
                 new, (statement, params) = prepared[i]
                 results[i] = await self._create(conn, new, statement, params)

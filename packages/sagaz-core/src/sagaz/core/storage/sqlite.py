@@ -44,13 +44,17 @@ from sagaz.core.records import (
     OutboxEvent,
     OutboxRecord,
     OutboxStatus,
+    RecordChange,
     SagaQuery,
     SagaRecord,
+    StepField,
     StepRecord,
     Transition,
     TransitionKind,
     TriggerEvent,
-    apply_transition,
+    completed_results,
+    derive_change,
+    touched_steps,
 )
 from sagaz.core.status import TERMINAL_STATUSES, SagaStatus, StepStatus
 from sagaz.core.storage.base import LeaseLostError, SagaStorage
@@ -151,6 +155,9 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             PRIMARY KEY (consumer, event_id)
         ) WITHOUT ROWID""",
     ),
+    # 2: the W3C trace context a saga was started in (JSON), so a worker that resumes
+    # it continues the same trace. Older rows read back as None.
+    ("ALTER TABLE sagaz_sagas ADD COLUMN trace_context TEXT",),
 )
 
 _CREATE_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS sagaz_schema_version (
@@ -163,8 +170,9 @@ _CREATE_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS sagaz_schema_version (
 # "?" (a value used twice is passed twice): Python 3.12 deprecates "?1" with sequences.
 _INSERT_SAGA = (
     "INSERT INTO sagaz_sagas (saga_id, saga_name, status, context, correlation_id, "
-    "idempotency_key, created_at, updated_at, error, failed_step, recoveries, lease_owner, "
-    "lease_expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+    "idempotency_key, created_at, updated_at, error, failed_step, recoveries, trace_context, "
+    "lease_owner, lease_expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT DO NOTHING"
 )
 _SELECT_ID = "SELECT saga_id FROM sagaz_sagas WHERE saga_id = ?"
 _SELECT_ID_BY_KEY = "SELECT saga_id FROM sagaz_sagas WHERE saga_name = ? AND idempotency_key = ?"
@@ -212,12 +220,12 @@ _INSERT_OUTBOX = (
 _SELECT_SAGAS = (
     "SELECT saga_id, saga_name, status, context, correlation_id, idempotency_key, "
     "created_at, updated_at, error, failed_step, recoveries, lease_owner, "
-    "lease_expires_at, cancel_requested FROM sagaz_sagas"
+    "lease_expires_at, cancel_requested, trace_context FROM sagaz_sagas"
 )
 _SELECT_SAGAS_IN = (
     "SELECT saga_id, saga_name, status, context, correlation_id, idempotency_key, "
     "created_at, updated_at, error, failed_step, recoveries, lease_owner, "
-    "lease_expires_at, cancel_requested FROM sagaz_sagas "
+    "lease_expires_at, cancel_requested, trace_context FROM sagaz_sagas "
     "WHERE saga_id IN (SELECT value FROM json_each(?))"
 )
 _SELECT_STEPS_IN = (
@@ -341,11 +349,10 @@ def _result_json(saga_id: str, step: str, result: dict[str, Any] | None) -> str 
 
 def _results_json(saga_id: str, transitions: Sequence[Transition]) -> dict[str, str | None]:
     """The result JSON each STEP_COMPLETED in ``transitions`` leaves on its step."""
-    results: dict[str, str | None] = {}
-    for t in transitions:
-        if t.kind is TransitionKind.STEP_COMPLETED and t.step is not None:
-            results[t.step] = _result_json(saga_id, t.step, t.result)
-    return results
+    return {
+        name: _result_json(saga_id, name, result)
+        for name, result in completed_results(transitions).items()
+    }
 
 
 def _outbox_rows(events: Sequence[OutboxEvent]) -> list[tuple[Any, ...]]:
@@ -422,6 +429,7 @@ def _saga_from_row(row: Sequence[Any]) -> SagaRecord:
         lease_owner=row[11],
         lease_expires_at=row[12],
         cancel_requested=bool(row[13]),
+        trace_context=None if row[14] is None else json.loads(row[14]),
     )
 
 
@@ -457,9 +465,8 @@ class _NewRows:
         events: Sequence[OutboxEvent] = (),
     ) -> None:
         self.new = new
-        record = SagaRecord.from_new(new)
-        for t in transitions:
-            apply_transition(record, t)
+        change = derive_change(SagaRecord.from_new(new), transitions)
+        record = change.record
         context = _dumps(new.context, f"the context of saga {new.saga_id!r}")
         # (lease_owner, lease_expires_at) are appended when the transaction runs.
         self.saga = (
@@ -474,13 +481,15 @@ class _NewRows:
             record.error,
             record.failed_step,
             record.recoveries,
+            None if new.trace_context is None else json.dumps(new.trace_context),
         )
-        # Leased when created RUNNING, released again if the transitions finish it.
-        self.running = new.status is SagaStatus.RUNNING
-        self.terminal = record.status in TERMINAL_STATUSES
+        # Leased when created RUNNING (or asked to: new.leased), released again if the
+        # transitions finish it.
+        self.running = new.leased or new.status is SagaStatus.RUNNING
+        self.terminal = change.finished
         self.steps = [
-            _step_row(new.saga_id, step, _result_json(new.saga_id, step.name, step.result), i)
-            for i, step in enumerate(record.steps.values())
+            _step_row(new.saga_id, c.step, _result_json(new.saga_id, name, c.step.result), i)
+            for i, (name, c) in enumerate(change.steps.items())
         ]
         self.history = _history_rows(new.saga_id, transitions, 1)
         self.events = _outbox_rows(events)
@@ -544,25 +553,20 @@ def _write_transitions(
     transitions: Sequence[Transition],
     context_json: str | None,
     results: Mapping[str, str | None],
-    lease: Callable[[SagaRecord], tuple[str | None, float | None]],
+    lease: Callable[[RecordChange], tuple[str | None, float | None]],
 ) -> _Tx[None]:
     """Apply ``transitions`` to the saga of ``state``; ``lease`` gives its new lease."""
-    record = state.record
-    saga_id = record.saga_id
-    names = list(
-        dict.fromkeys(
-            t.step for t in transitions if t.step is not None and t.step_status is not None
-        )
-    )
+    saga_id = state.record.saga_id
+    names = touched_steps(transitions)
     stored: dict[str, tuple[str | None, int]] = {}  # name -> (result JSON, position)
     if names:
         found: _Rows = yield (_ROWS, _SELECT_STEPS_NAMED, (saga_id, json.dumps(names)))
         for row in found:
-            record.steps[row[0]] = _step_from_row(row, decode_result=False)
+            state.record.steps[row[0]] = _step_from_row(row, decode_result=False)
             stored[row[0]] = (row[3], row[9])
-    for t in transitions:
-        apply_transition(record, t)
-    owner, expires = lease(record)
+    change = derive_change(state.record, transitions)
+    record = change.record
+    owner, expires = lease(change)
     values = (
         record.updated_at,
         record.error,
@@ -575,16 +579,16 @@ def _write_transitions(
         yield (_RUN, _UPDATE_SAGA, (*values, saga_id))
     else:
         yield (_RUN, _UPDATE_SAGA_STATUS, (*values, record.status.value, owner, saga_id))
-    if names:
+    if change.steps:
         position = state.step_count
         step_rows = []
-        for name in names:
+        for name, step in change.steps.items():
             result, pos = stored.get(name, (None, -1))
             if pos < 0:
                 pos, position = position, position + 1
-            if name in results:
+            if step.fields & StepField.RESULT:
                 result = results[name]
-            step_rows.append(_step_row(saga_id, record.steps[name], result, pos))
+            step_rows.append(_step_row(saga_id, step.step, result, pos))
         yield (_MANY, _UPSERT_STEP, step_rows)
     if transitions:
         yield (_MANY, _INSERT_HISTORY, _history_rows(saga_id, transitions, state.last_seq + 1))
@@ -608,8 +612,8 @@ def _record_tx(
         )
     renewed_until = (transitions[-1].at if transitions else time.time()) + lease_seconds
 
-    def lease(record: SagaRecord) -> tuple[str | None, float | None]:
-        if record.status in TERMINAL_STATUSES:
+    def lease(change: RecordChange) -> tuple[str | None, float | None]:
+        if change.finished:
             return None, None
         return owner, renewed_until
 
@@ -1126,7 +1130,7 @@ class SQLiteSagaStorage(SagaStorage):
 
         Race-free across tasks and processes: when ``(saga_name, idempotency_key)`` is
         recorded already, nothing is written and ``(recorded_id, False)`` is returned.
-        A saga created RUNNING is leased to :attr:`owner_id`.
+        A saga created RUNNING, or with ``new.leased``, is leased to :attr:`owner_id`.
         """
         rows = _NewRows(new, transitions, events)
         await self.ensure_open()

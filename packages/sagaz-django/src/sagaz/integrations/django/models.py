@@ -76,6 +76,11 @@ class SagaInstance(models.Model):
         null=True, blank=True
     )
     cancel_requested: models.BooleanField[bool, bool] = models.BooleanField(default=False)
+    trace_context: models.TextField[str | None, str | None] = models.TextField(
+        null=True,
+        blank=True,
+        help_text="JSON: the W3C trace context (traceparent) the saga was started in",
+    )
 
     class Meta:
         db_table = "sagaz_saga"

@@ -161,6 +161,7 @@ def _saga_from_row(row: SagaInstance) -> SagaRecord:
         lease_owner=row.lease_owner,
         lease_expires_at=row.lease_expires_at,
         cancel_requested=row.cancel_requested,
+        trace_context=None if row.trace_context is None else json.loads(row.trace_context),
     )
 
 
@@ -371,7 +372,9 @@ class DjangoSagaStorage(SagaStorage):
         from sagaz.integrations.django.models import SagaHistoryEntry, SagaInstance, SagaStep
 
         new, record = prepared.new, prepared.record
-        leased = new.status is SagaStatus.RUNNING and record.status not in TERMINAL_STATUSES
+        leased = (
+            new.leased or new.status is SagaStatus.RUNNING
+        ) and record.status not in TERMINAL_STATUSES
         row = SagaInstance(
             saga_id=new.saga_id,
             saga_name=new.saga_name,
@@ -387,6 +390,7 @@ class DjangoSagaStorage(SagaStorage):
             last_seq=len(prepared.history),
             lease_owner=owner if leased else None,
             lease_expires_at=now + self.lease_seconds if leased else None,
+            trace_context=None if new.trace_context is None else json.dumps(new.trace_context),
         )
         sagas = SagaInstance.objects.using(self.alias)
         if new.idempotency_key is None:

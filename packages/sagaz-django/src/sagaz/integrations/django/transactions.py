@@ -26,6 +26,7 @@ from django.db.transaction import TransactionManagementError
 
 from sagaz.core.context import current_correlation_id
 from sagaz.core.engine import check_json
+from sagaz.core.observability.tracecontext import current_trace_context
 from sagaz.core.saga import Saga
 from sagaz.core.status import SagaStatus
 from sagaz.integrations.django.conf import get_settings
@@ -112,6 +113,7 @@ def atomic_saga_start(
     check_json(ctx, "initial context")
     saga_id = str(uuid.uuid4())
     now = time.time()
+    trace = current_trace_context()  # the request's span, when OpenTelemetry traces it
     row = SagaInstance(
         saga_id=saga_id,
         saga_name=name,
@@ -121,6 +123,7 @@ def atomic_saga_start(
         idempotency_key=idempotency_key,
         created_at=now,
         updated_at=now,
+        trace_context=None if trace is None else dumps(trace, "the trace context"),
     )
     sagas = SagaInstance.objects.using(alias)
     if idempotency_key is None:

@@ -15,6 +15,7 @@
 
 from sagaz.integrations.fastapi._version import __version__
 from sagaz.integrations.fastapi.dependencies import SagaFactory, run_saga_background, saga_factory
+from sagaz.integrations.fastapi.diagrams import saga_diagram_response
 from sagaz.integrations.fastapi.lifespan import (
     DEFAULT_SHUTDOWN_GRACE,
     SagazNotInitializedError,
@@ -22,6 +23,7 @@ from sagaz.integrations.fastapi.lifespan import (
     get_config,
 )
 from sagaz.integrations.fastapi.logs import CorrelationIdFilter
+from sagaz.integrations.fastapi.metrics import create_metrics_router
 from sagaz.integrations.fastapi.middleware import SagaContextMiddleware, get_correlation_id
 from sagaz.integrations.fastapi.models import (
     ErrorResponse,
@@ -52,9 +54,11 @@ __all__ = [
     "WebhookAccepted",
     "__version__",
     "create_lifespan",
+    "create_metrics_router",
     "create_webhook_router",
     "get_config",
     "get_correlation_id",
     "run_saga_background",
+    "saga_diagram_response",
     "saga_factory",
 ]

@@ -61,6 +61,7 @@ from sagaz.integrations.flask.settings import (
 )
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
     from werkzeug.wrappers import Response as BaseResponse
 
 __all__ = [
@@ -377,6 +378,10 @@ class SagaFlask:
             resolved.owns_config,
         )
         app.extensions[EXTENSION_KEY] = state
+        if resolved.settings.metrics_endpoint is not None:
+            from sagaz.integrations.flask.metrics import register_metrics
+
+            register_metrics(app, state, resolved.settings.metrics_endpoint)
         app.before_request(self._before_request)
         app.after_request(self._after_request)
         app.teardown_request(self._teardown_request)
@@ -653,6 +658,36 @@ class SagaFlask:
         state.webhook_prefixes.append(prefix)
         state.blueprints.append(blueprint)
         return blueprint
+
+    def register_metrics_endpoint(
+        self,
+        path: str = "/metrics",
+        *,
+        app: Flask | None = None,
+        registry: CollectorRegistry | None = None,
+        collect_storage: bool = True,
+    ) -> Blueprint:
+        """Serve Prometheus metrics on ``GET {path}`` and count this app's sagas.
+
+        Adds a :class:`~sagaz.core.observability.PrometheusListener` on ``registry``
+        (default: prometheus-client's global one) to the app's config; each scrape also
+        reads the outbox backlog, unfinished sagas and leases from storage
+        (``collect_storage=False`` skips that). The same as the
+        ``SAGAZ_METRICS_ENDPOINT`` setting. Raises
+        :class:`~sagaz.core.ConfigurationError` naming ``pip install
+        'sagaz-core[prometheus]'`` when prometheus-client is missing.
+        """
+        from sagaz.integrations.flask.metrics import register_metrics
+
+        if app is None:
+            app = current_app if has_app_context() else self._app
+        if app is None:
+            raise RuntimeError(
+                "register_metrics_endpoint needs the app: pass app=..., call it inside an "
+                "app context, or create the extension with SagaFlask(app)"
+            )
+        state = self.state(app)
+        return register_metrics(app, state, path, registry, collect_storage=collect_storage)
 
     # -- shutting down ------------------------------------------------------------------
 
