@@ -1,6 +1,6 @@
 """Engine benchmark: sagas/s and CPU microseconds per saga (run on demand, not a test).
 
-    python bench/bench_engine.py [--quick]
+    python bench/bench_engine.py [--quick] [--soak [N]]
 
 Cases: a 3-step saga of no-op async steps in memory, sequentially and 100 at a time;
 the same with step 3 failing and two compensations; and 500 sagas durable on a
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import sqlite3
@@ -20,6 +21,8 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from _table import Row, print_table
 
 from sagaz.core import InMemorySagaStorage, RetryPolicy, Saga, SagaConfig, SagaStatus
 
@@ -95,22 +98,37 @@ def floor_sqlite(path: str, n: int) -> float:
     return rate
 
 
-async def main(quick: bool) -> None:
-    n = 5_000 if quick else 50_000
-    rows: list[tuple[str, float, float, float | None]] = []
+TARGET_MEMORY = 40_000.0  # three-step sagas/s in memory (issue #8)
+TARGET_SQLITE = 1_000.0  # durable SQLite sagas/s (issue #8)
+
+
+async def _rows(args: argparse.Namespace) -> list[Row]:
+    n = 5_000 if args.quick else 50_000
+    durable_n = 300 if args.quick else 1_000
+    rows: list[Row] = []
     memory = SagaConfig(storage=InMemorySagaStorage())
     ok = three_steps(memory)
     bad = three_steps(memory, failing=True)
     floor_rate, _ = await measure(n, 1, floor_memory)
+    floor_batch, _ = await measure(n, 100, floor_memory)
     rate, cpu = await measure(n, 1, lambda: ok.run({"order": 1}))
-    rows.append(("3 no-op steps, sequential, memory", rate, cpu, floor_rate))
+    rows.append(
+        Row("engine", "3 no-op steps, sequential, memory", rate, floor=floor_rate, cpu_us=cpu,
+            target=TARGET_MEMORY)
+    )  # fmt: skip
     rate, cpu = await measure(n, 100, lambda: ok.run({"order": 1}))
-    rows.append(("3 no-op steps, 100 at a time, memory", rate, cpu, floor_rate))
+    rows.append(
+        Row("engine", "3 no-op steps, 100 concurrent, memory", rate, floor=floor_batch,
+            cpu_us=cpu, target=TARGET_MEMORY)
+    )  # fmt: skip
     result = await bad.run({})
     assert result.status is SagaStatus.COMPENSATED
     assert result.compensated_steps == ["b", "a"]
+    floor_comp, _ = await measure(n, 1, floor_compensation)
     rate, cpu = await measure(n, 1, lambda: bad.run({"order": 1}))
-    rows.append(("step 3 fails, 2 compensations, memory", rate, cpu, None))
+    rows.append(
+        Row("engine", "step 3 fails, 2 compensations, memory", rate, floor=floor_comp, cpu_us=cpu)
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         from sagaz.core.storage.sqlite import SQLiteSagaStorage
@@ -118,20 +136,94 @@ async def main(quick: bool) -> None:
         storage = SQLiteSagaStorage(os.path.join(tmp, "bench.db"))
         durable = three_steps(SagaConfig(storage=storage, retry=RetryPolicy()))
         try:
-            rate, cpu = await measure(500, 1, lambda: durable.run({"order": 1}))
+            rate, cpu = await measure(durable_n, 1, lambda: durable.run({"order": 1}))
         finally:
             await storage.close()
-        sqlite_floor = floor_sqlite(os.path.join(tmp, "floor.db"), 500)
-        rows.append(("500 durable sagas, sequential, SQLite", rate, cpu, sqlite_floor))
+        sqlite_floor = floor_sqlite(os.path.join(tmp, "floor.db"), durable_n)
+        rows.append(
+            Row("sqlite", f"durable SQLite, sequential ({durable_n} sagas)", rate,
+                floor=sqlite_floor, cpu_us=cpu, commits=4.0, target=TARGET_SQLITE,
+                notes=["floor: raw sqlite3 INSERT/UPDATE + COMMIT of the same 4 writes"])
+        )  # fmt: skip
+    if args.soak:
+        rows.append(await soak(args.soak))
+    return rows
 
-    print(f"{'case':42} {'sagas/s':>10} {'CPU us/saga':>12} {'floor/s':>10} {'ratio':>6}")
-    for name, rate, cpu, floor in rows:
-        ratio = f"{rate / floor:6.2f}" if floor else "     -"
-        floor_text = f"{floor:10.0f}" if floor else "         -"
-        print(f"{name:42} {rate:10.0f} {cpu:12.1f} {floor_text} {ratio}")
+
+async def floor_compensation() -> None:
+    """Two steps, a failing third, two compensations: plain awaits and a try."""
+    await noop({})
+    await noop({})
+    try:
+        await fail({})
+    except RuntimeError:
+        await noop({})
+        await noop({})
+
+
+def rss_mb() -> float:
+    """Resident set size of this process in MiB (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+async def soak(total: int) -> Row:
+    """Run ``total`` sagas in one long-lived process the way a worker does (one storage,
+    one definition, 100 in flight), sampling RSS every 10,000; report the slope."""
+    gc.collect()
+    storage = InMemorySagaStorage()
+    saga = three_steps(SagaConfig(storage=storage))
+    samples: list[tuple[int, float]] = []
+    done = 0
+    wall, cpu = time.perf_counter(), time.process_time()
+    while done < total:
+        for _ in range(100):  # 10,000 sagas, 100 at a time
+            await asyncio.gather(*(saga.run({"order": done + i}) for i in range(100)))
+        done += 10_000
+        samples.append((done, rss_mb()))
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    # Least-squares slope of RSS over sagas, after the first sample (warm-up, caches).
+    points = samples[1:] if len(samples) > 2 else samples
+    xs = [x for x, _ in points]
+    ys = [y for _, y in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in points) / var if var else 0.0
+    per_100k = slope * 100_000
+    trace = ", ".join(f"{y:.1f}" for _, y in samples)
+    return Row(
+        "soak",
+        f"{total:,} sagas, 100 concurrent, memory storage",
+        total / wall,
+        cpu_us=cpu / total * 1e6,
+        notes=[
+            f"RSS MiB every 10k sagas: {trace}",
+            f"slope {per_100k:+.2f} MiB per 100k sagas after the first 10k "
+            f"({'flat' if abs(per_100k) < 5 else 'GROWING'}: threshold 5 MiB/100k)",
+        ],
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    """The script's options."""
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer iterations")
+    p.add_argument(
+        "--soak",
+        type=int,
+        nargs="?",
+        const=100_000,
+        default=0,
+        help="also run N sagas (default 100,000) in one process, RSS sampled every 10k",
+    )
+    return p
+
+
+def rows(args: argparse.Namespace) -> list[Row]:
+    """Engine, compensation and durable-SQLite rows (and the soak row with --soak)."""
+    return asyncio.run(_rows(args))
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer iterations")
-    asyncio.run(main(parser.parse_args().quick))
+    print_table(rows(parser().parse_args()), "engine")

@@ -5,7 +5,7 @@ events of sagas of ``--per-saga`` events each, as the engine writes them), then
 ``OutboxRelay.drain()`` publishes everything and the time is taken. Each run checks
 that every event is SENT and that the broker holds them (stream length, queue depth).
 
-    python bench/bench_outbox_relay.py [--events 10000] [--batch-size 100 ...]
+    python bench/bench_outbox_relay.py [--quick] [--events 10000] [--batch-size 100 ...]
         [--per-saga 5] [--brokers memory,redis,rabbitmq]
 
 Loopback only: Redis on 127.0.0.1:6379, RabbitMQ (guest/guest) on 127.0.0.1:5672
@@ -22,13 +22,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
+
+from _table import Row, print_table
 
 from sagaz.core.outbox import (
     Broker,
@@ -49,11 +53,12 @@ TYPES = ["saga.started", "saga.step_completed", "saga.step_completed", "saga.com
 
 
 @dataclass
-class Row:
+class Run:
     broker: str
     batch_size: int
     events: int
     seconds: float
+    floor_seconds: float | None = None
 
     @property
     def rate(self) -> float:
@@ -102,7 +107,7 @@ async def run_one(
     events: int,
     batch_size: int,
     per_saga: int,
-) -> Row:
+) -> Run:
     storage = await filled_storage(events, per_saga)
     broker = make_broker()
     await broker.connect()  # connect outside the timed part
@@ -122,10 +127,10 @@ async def run_one(
     got = await delivered()
     if got < events:
         raise RuntimeError(f"{name}: the broker holds {got} of {events} events")
-    return Row(name, batch_size, events, seconds)
+    return Run(name, batch_size, events, seconds)
 
 
-async def bench_memory(events: int, batch_size: int, per_saga: int) -> Row:
+async def bench_memory(events: int, batch_size: int, per_saga: int) -> Run:
     broker = InMemoryBroker(max_messages=events)
 
     async def delivered() -> int:
@@ -134,7 +139,7 @@ async def bench_memory(events: int, batch_size: int, per_saga: int) -> Row:
     return await run_one("memory", lambda: broker, delivered, events, batch_size, per_saga)
 
 
-async def bench_redis(events: int, batch_size: int, per_saga: int) -> Row:
+async def bench_redis(events: int, batch_size: int, per_saga: int) -> Run:
     import redis.asyncio
 
     stream = f"sagaz.bench.{uuid.uuid4().hex[:10]}"
@@ -144,7 +149,7 @@ async def bench_redis(events: int, batch_size: int, per_saga: int) -> Row:
         return int(await client.xlen(stream))
 
     try:
-        return await run_one(
+        run = await run_one(
             "redis-streams",
             lambda: RedisStreamsBroker(REDIS_URL, stream=stream),
             delivered,
@@ -152,12 +157,14 @@ async def bench_redis(events: int, batch_size: int, per_saga: int) -> Row:
             batch_size,
             per_saga,
         )
+        run.floor_seconds = await floor_redis(client, f"{stream}.floor", events, batch_size)
+        return run
     finally:
-        await client.delete(stream)
+        await client.delete(stream, f"{stream}.floor")
         await client.aclose()
 
 
-async def bench_rabbitmq(events: int, batch_size: int, per_saga: int) -> Row:
+async def bench_rabbitmq(events: int, batch_size: int, per_saga: int) -> Run:
     import aio_pika
 
     name = f"sagaz.bench.{uuid.uuid4().hex[:10]}"
@@ -172,7 +179,7 @@ async def bench_rabbitmq(events: int, batch_size: int, per_saga: int) -> Row:
         return int(declared.declaration_result.message_count or 0)
 
     try:
-        return await run_one(
+        run = await run_one(
             "rabbitmq",
             lambda: RabbitMQBroker(AMQP_URL, exchange=name),
             delivered,
@@ -180,55 +187,131 @@ async def bench_rabbitmq(events: int, batch_size: int, per_saga: int) -> Row:
             batch_size,
             per_saga,
         )
+        run.floor_seconds = await floor_rabbitmq(events, batch_size)
+        return run
     finally:
         await queue.delete(if_unused=False, if_empty=False)
         await exchange.delete()
         await connection.close()
 
 
+def _floor_bodies(events: int) -> list[tuple[str, bytes]]:
+    return [
+        (uuid.uuid4().hex, json.dumps({"saga_id": "s", "saga_name": "bench", "n": n}).encode())
+        for n in range(events)
+    ]
+
+
+async def floor_redis(client: Any, stream: str, events: int, batch_size: int) -> float:
+    """By hand: XADD the same number of events, ``batch_size`` per pipeline."""
+    bodies = _floor_bodies(events)
+    started = time.perf_counter()
+    for i in range(0, events, batch_size):
+        async with client.pipeline(transaction=False) as pipe:
+            for event_id, body in bodies[i : i + batch_size]:
+                pipe.xadd(stream, {"sagaz-event-id": event_id, "body": body})
+            await pipe.execute()
+    seconds = time.perf_counter() - started
+    assert int(await client.xlen(stream)) == events
+    return seconds
+
+
+async def floor_rabbitmq(events: int, batch_size: int) -> float:
+    """By hand: persistent publishes with confirms, ``batch_size`` awaited together."""
+    import aio_pika
+
+    name = f"sagaz.bench.floor.{uuid.uuid4().hex[:10]}"
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+        queue = await channel.declare_queue(name, durable=True)
+        await queue.bind(exchange, "#")
+        bodies = _floor_bodies(events)
+        started = time.perf_counter()
+        for i in range(0, events, batch_size):
+            await asyncio.gather(
+                *(
+                    exchange.publish(
+                        aio_pika.Message(
+                            body,
+                            message_id=event_id,
+                            headers={"sagaz-event-id": event_id},
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        ),
+                        routing_key="saga.bench",
+                    )
+                    for event_id, body in bodies[i : i + batch_size]
+                )
+            )
+        seconds = time.perf_counter() - started
+        await queue.delete(if_unused=False, if_empty=False)
+        await exchange.delete()
+        return seconds
+    finally:
+        await connection.close()
+
+
 BENCHES = {"memory": bench_memory, "redis": bench_redis, "rabbitmq": bench_rabbitmq}
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=10_000)
-    parser.add_argument("--batch-size", type=int, nargs="+", default=[100, 500])
-    parser.add_argument("--per-saga", type=int, default=5, help="events per saga")
-    parser.add_argument("--brokers", default="memory,redis,rabbitmq")
-    args = parser.parse_args()
+def parser() -> argparse.ArgumentParser:
+    """The script's options."""
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="2,000 events, batch 100 only")
+    p.add_argument("--events", type=int, default=10_000)
+    p.add_argument("--batch-size", type=int, nargs="+", default=[100, 500])
+    p.add_argument("--per-saga", type=int, default=5, help="events per saga")
+    p.add_argument("--brokers", default="memory,redis,rabbitmq")
+    return p
+
+
+async def _runs(args: argparse.Namespace) -> tuple[list[Run], list[Row]]:
+    if args.quick:
+        args.events, args.batch_size = min(args.events, 2_000), args.batch_size[:1]
     if not 1 <= args.events <= MAX_EVENTS:
         sys.exit(f"--events must be between 1 and {MAX_EVENTS}")
     if args.per_saga < 1:
         sys.exit("--per-saga must be >= 1")
     check_loopback(REDIS_URL)
     check_loopback(AMQP_URL)
-
-    rows: list[Row] = []
+    runs: list[Run] = []
+    skipped: list[Row] = []
     for broker in args.brokers.split(","):
         bench = BENCHES.get(broker.strip())
         if bench is None:
             sys.exit(f"unknown broker {broker!r}; choose from {', '.join(BENCHES)}")
         for batch_size in args.batch_size:
             try:
-                rows.append(await bench(args.events, batch_size, args.per_saga))
+                runs.append(await bench(args.events, batch_size, args.per_saga))
             except (OSError, ConnectionError) as exc:
-                print(f"{broker}: skipped, not reachable ({exc})")
+                skipped.append(Row("outbox", f"relay to {broker}", None, "events/s",
+                                   notes=[f"skipped, not reachable ({exc})"]))  # fmt: skip
                 break
             except Exception as exc:
                 if type(exc).__name__.startswith(("Broker", "AMQPConnection")):
-                    print(f"{broker}: skipped, not reachable ({exc})")
+                    skipped.append(Row("outbox", f"relay to {broker}", None, "events/s",
+                                       notes=[f"skipped, not reachable ({exc})"]))  # fmt: skip
                     break
                 raise
+    return runs, skipped
 
-    print()
-    print(f"outbox relay: in-memory storage -> broker, {args.events} events, {args.per_saga}/saga")
-    print(f"{'broker':<15} {'batch':>6} {'events':>8} {'seconds':>9} {'events/s':>10}")
-    for row in rows:
-        print(
-            f"{row.broker:<15} {row.batch_size:>6} {row.events:>8} {row.seconds:>9.3f} "
-            f"{row.rate:>10,.0f}"
+
+def rows(args: argparse.Namespace) -> list[Row]:
+    """One row per broker and batch size; floor: the same publishes by hand."""
+    runs, skipped = asyncio.run(_runs(args))
+    out = [
+        Row(
+            "outbox",
+            f"relay to {r.broker}, batch {r.batch_size}, {r.events:,} events",
+            r.rate,
+            "events/s",
+            floor=r.events / r.floor_seconds if r.floor_seconds else None,
         )
+        for r in runs
+    ]
+    return out + skipped
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    print_table(rows(parser().parse_args()), "outbox relay: in-memory storage -> broker")
