@@ -24,9 +24,11 @@ if str(TESTS_DIR) not in sys.path:
 import sagaz_fastapi_testapp  # noqa: E402
 from sagaz_fastapi_support import (  # noqa: E402
     STARTED,
+    Backend,
     Server,
     ServerFactory,
     free_port,
+    postgres_problem,
     require,
     sqlite_problem,
     uvicorn_problem,
@@ -45,6 +47,28 @@ def sqlite_url(tmp_path: Path) -> str:
     problem = sqlite_problem()
     require(problem is None, problem or "")
     return f"sqlite:///{tmp_path / 'sagas.db'}"
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """The storage of a test: SQLite (default) or, with ``@pytest.mark.parametrize("backend",
+    ["sqlite", "postgres"], indirect=True)``, each in turn. PostgreSQL gets a schema of its
+    own in the test database, dropped afterwards; it skips (fails under CI=true) when the
+    server is unreachable."""
+    kind = getattr(request, "param", "sqlite")
+    if kind == "sqlite":
+        problem = sqlite_problem()
+        require(problem is None, problem or "")
+        yield Backend.sqlite(tmp_path / "sagas.db")
+        return
+    assert kind == "postgres", kind
+    problem = postgres_problem()
+    require(problem is None, problem or "")
+    created = Backend.postgres("sagaz_fastapi_test")
+    try:
+        yield created
+    finally:
+        created.drop()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,3 +155,100 @@ class Server:
 
 
 ServerFactory = Callable[..., Server]
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------
+
+#: The test server (trust auth); SAGAZ_TEST_POSTGRES_URL points the tests at another one.
+POSTGRES_URL = os.environ.get(
+    "SAGAZ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+def postgres_problem() -> str | None:
+    """Why the PostgreSQL server or backend cannot be used here, or None."""
+    try:
+        import psycopg
+        import psycopg_pool  # noqa: F401
+    except ImportError as exc:
+        return (
+            f"the PostgreSQL backend is not installed ({exc}): pip install 'sagaz-core[postgres]'"
+        )
+    try:
+        with psycopg.connect(POSTGRES_URL, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        return (
+            f"PostgreSQL is not reachable at {POSTGRES_URL} ({str(exc).strip()}); start it "
+            "or set SAGAZ_TEST_POSTGRES_URL"
+        )
+    return None
+
+
+@dataclass
+class Backend:
+    """Where a test server keeps its sagas: a SQLite file or a PostgreSQL schema.
+
+    PostgreSQL: a schema of its own in the test database (dropped afterwards), reached
+    through ``search_path``, and an ``application_name`` of its own, so the server's
+    connections can be told from everyone else's in ``pg_stat_activity``. Its pool has
+    a fixed size (``pool``): the count of connections is exact at rest.
+    """
+
+    kind: str
+    url: str
+    sqlite_path: Path | None = None
+    schema: str | None = None
+    application_name: str | None = None
+    pool: int = 0
+
+    @classmethod
+    def sqlite(cls, path: Path) -> Backend:
+        """A fresh SQLite file."""
+        return cls("sqlite", f"sqlite:///{path}", sqlite_path=path)
+
+    @classmethod
+    def postgres(cls, prefix: str, pool: int = 4) -> Backend:
+        """A new schema in the test database (call :meth:`drop` after use)."""
+        import psycopg
+        from psycopg import sql
+
+        token = uuid.uuid4().hex[:12]
+        schema, name = f"{prefix}_{token}", f"{prefix}-{token}"
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        separator = "&" if "?" in POSTGRES_URL else "?"
+        url = (
+            f"{POSTGRES_URL}{separator}application_name={name}"
+            f"&options=-csearch_path%3D{schema}&pool_min={pool}&pool_max={pool}"
+        )
+        return cls("postgres", url, schema=schema, application_name=name, pool=pool)
+
+    def connections(self) -> int:
+        """How many sessions with this backend's application_name the server has."""
+        import psycopg
+
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                (self.application_name,),
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def drop(self) -> None:
+        """Drop the PostgreSQL schema (terminating this backend's sessions first)."""
+        if self.schema is None:
+            return
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = %s",
+                (self.application_name,),
+            )
+            conn.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema))
+            )

@@ -1,5 +1,6 @@
 """Against a real uvicorn server on 127.0.0.1 with SQLite file storage: the webhook flow,
-bad input, crash and shutdown recovery, and bounded stress (concurrency, leaks)."""
+bad input, crash and shutdown recovery, and bounded stress (concurrency, leaks). The webhook
+flow and the leak test run on PostgreSQL too (a schema of their own in the test database)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,17 @@ from typing import Any
 
 import httpx
 import pytest
-from sagaz_fastapi_support import STARTED, TERMINAL, Server, ServerFactory, wait_until
+from sagaz_fastapi_support import STARTED, TERMINAL, Backend, Server, ServerFactory, wait_until
 from sagaz_fastapi_testapp import LIMIT, SECRET, SIGNED_SOURCE, SOURCE
 
-from sagaz.core.web import SIGNATURE_HEADER, sign_body
+from sagaz.core.web import SIGNATURE_HEADER, signature_headers
 
 JSON = {"Content-Type": "application/json"}
 GRACEFUL = {0, -signal.SIGTERM}
+#: Run a test once per storage backend (the ``backend`` fixture of conftest.py).
+ON_EACH_BACKEND = pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 
 
 def state_of(client: httpx.Client, saga_id: str) -> str:
@@ -41,10 +46,12 @@ def wait_terminal(client: httpx.Client, saga_id: str, timeout: float = 30.0) -> 
 
 
 @pytest.fixture
-def server(start_server: ServerFactory, sqlite_url: str) -> Server:
-    return start_server(storage_url=sqlite_url)
+def server(backend: Backend, start_server: ServerFactory) -> Server:
+    # ``backend`` first: it is torn down (its schema dropped) after the server has stopped.
+    return start_server(storage_url=backend.url)
 
 
+@ON_EACH_BACKEND
 def test_webhook_to_completed_and_compensated(server: Server) -> None:
     with server.client() as client:
         response = client.post(
@@ -114,8 +121,9 @@ def test_bad_input_is_answered_with_json_4xx(server: Server) -> None:
             415,
             "unsupported_media_type",
         ),
-        (SIGNED_SOURCE, body, JSON, 401, "invalid_signature"),
-        (SIGNED_SOURCE, body, {**JSON, SIGNATURE_HEADER: "sha256=00"}, 401, "invalid_signature"),
+        (SIGNED_SOURCE, body, JSON, 401, "missing_signature"),
+        (SIGNED_SOURCE, body, {**JSON, SIGNATURE_HEADER: "sha256=00"}, 401, "missing_timestamp"),
+        (SIGNED_SOURCE, body, {**JSON, **signature_headers(body, "?")}, 401, "invalid_signature"),
     ]
     with server.client() as client:
         for source, content, headers, status, code in cases:
@@ -136,7 +144,7 @@ def test_bad_input_is_answered_with_json_4xx(server: Server) -> None:
         signed = client.post(
             f"/webhooks/{SIGNED_SOURCE}",
             content=body,
-            headers={**JSON, SIGNATURE_HEADER: sign_body(body, SECRET)},
+            headers={**JSON, **signature_headers(body, SECRET)},
         )
         assert signed.status_code == 202
         wrong_method = client.get(f"/webhooks/{SOURCE}")
@@ -279,13 +287,22 @@ def test_100_concurrent_requests_all_answered_all_terminal(server: Server) -> No
     assert states == expected, server.output()[-3000:]
 
 
+def _connections(server: Server, backend: Backend) -> int:
+    """The server's database connections: SQLite file descriptors, or PostgreSQL sessions."""
+    if backend.sqlite_path is not None:
+        return server.fds_to(backend.sqlite_path)
+    return backend.connections()
+
+
 @pytest.mark.slow
-def test_1000_requests_leak_no_connection(server: Server, tmp_path: Path) -> None:
-    db = tmp_path / "sagas.db"
+@ON_EACH_BACKEND
+def test_1000_requests_leak_no_connection(server: Server, backend: Backend) -> None:
     with server.client() as client:
         assert client.get("/webhooks/health").status_code == 200
-    fds_before, threads_before = server.fds_to(db), server.threads()
-    assert fds_before > 0  # the lifespan opened the database
+    connections_before, threads_before = _connections(server, backend), server.threads()
+    assert connections_before > 0  # the lifespan opened the database
+    if backend.kind == "postgres":
+        assert connections_before == backend.pool  # the pool's fixed size, and no other
     retried: list[str] = []
     posts = asyncio.run(post_many(server.url, 500, 20, "k1000", retried=retried))
     assert server.proc.poll() is None, server.output()[-3000:]
@@ -295,6 +312,8 @@ def test_1000_requests_leak_no_connection(server: Server, tmp_path: Path) -> Non
     states = asyncio.run(wait_all_terminal(server.url, saga_ids))  # 500 more requests at least
     assert set(states.values()) <= {"COMPLETED", "COMPENSATED"}, server.output()[-3000:]
     assert len(states) == 500
-    assert server.fds_to(db) == fds_before
+    assert _connections(server, backend) == connections_before
     assert server.threads() <= threads_before + 1
     assert server.stop() in GRACEFUL
+    if backend.kind == "postgres":  # the shutdown closed every session
+        wait_until(lambda: backend.connections() == 0, timeout=10, what="sessions to end")

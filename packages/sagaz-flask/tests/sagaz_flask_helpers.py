@@ -249,3 +249,94 @@ def open_fds(pid: int, needle: str) -> list[str]:
         if needle in target:
             found.append(target)
     return sorted(found)
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+#: The test server (trust auth); SAGAZ_TEST_POSTGRES_URL points the tests at another one.
+POSTGRES_URL = os.environ.get(
+    "SAGAZ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+def require_postgres() -> None:
+    """Skip (fail under CI=true) when the PostgreSQL server or backend cannot be used."""
+    try:
+        import psycopg
+        import psycopg_pool  # noqa: F401
+    except ImportError as exc:
+        unavailable(
+            f"the PostgreSQL backend is not installed ({exc}): pip install 'sagaz-core[postgres]'"
+        )
+        return
+    try:
+        with psycopg.connect(POSTGRES_URL, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        unavailable(
+            f"PostgreSQL is not reachable at {POSTGRES_URL} ({str(exc).strip()}); start it "
+            "or set SAGAZ_TEST_POSTGRES_URL"
+        )
+
+
+class PostgresSchema:
+    """A schema of its own in the PostgreSQL test database, for one test server.
+
+    Its storage URL sets ``search_path`` to the schema (the storage creates its tables
+    there) and an ``application_name`` of its own, so the server's sessions can be told
+    from everyone else's in ``pg_stat_activity``; each process's pool has a fixed size
+    (``pool``), so the count of connections is exact at rest. :meth:`drop` removes it.
+    """
+
+    def __init__(self, prefix: str, pool: int = 3) -> None:
+        import uuid
+
+        import psycopg
+        from psycopg import sql
+
+        token = uuid.uuid4().hex[:12]
+        self.schema = f"{prefix}_{token}"
+        self.application_name = f"{prefix}-{token}"
+        self.pool = pool
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
+        separator = "&" if "?" in POSTGRES_URL else "?"
+        self.url = (
+            f"{POSTGRES_URL}{separator}application_name={self.application_name}"
+            f"&options=-csearch_path%3D{self.schema}&pool_min={pool}&pool_max={pool}"
+        )
+
+    def connections(self) -> int:
+        """How many sessions with this schema's application_name the server has."""
+        return int(
+            self.scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                self.application_name,
+            )
+        )
+
+    def scalar(self, query: str, *params: Any) -> Any:
+        """The first column of the first row of ``query``, run in this schema."""
+        import psycopg
+
+        with psycopg.connect(
+            POSTGRES_URL, autocommit=True, options=f"-csearch_path={self.schema}"
+        ) as conn:
+            row = conn.execute(query, params).fetchone()
+        assert row is not None
+        return row[0]
+
+    def drop(self) -> None:
+        """Drop the schema (ending this schema's leftover sessions first)."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = %s",
+                (self.application_name,),
+            )
+            conn.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema))
+            )

@@ -2,7 +2,9 @@
 
 The README's requests are replayed over HTTP; sagas started in one worker are read
 through the status routes of both; bad input gets a JSON 4xx; bounded stress: 100
-concurrent requests and 1,000 requests without leaking SQLite connections.
+concurrent requests and 1,000 requests without leaking SQLite connections. The saga
+outcomes and the leak test run on PostgreSQL too (a schema of their own in the test
+database, and an ``application_name`` to count the server's sessions by).
 """
 
 from __future__ import annotations
@@ -22,16 +24,30 @@ import pytest
 from sagaz_flask_example import SIGNING_SECRET
 from sagaz_flask_helpers import (
     GunicornServer,
+    PostgresSchema,
     http_call,
     open_fds,
+    require_postgres,
     require_sqlite,
+    wait_for,
 )
 
 from sagaz.core import CORRELATION_ID_HEADER
-from sagaz.core.web import SIGNATURE_HEADER, sign_body
+from sagaz.core.web import signature_headers
 
 CID = CORRELATION_ID_HEADER.lower()
 TERMINAL = {"COMPLETED", "COMPENSATED", "FAILED"}
+UNFINISHED = (
+    "SELECT COUNT(*) FROM sagaz_sagas WHERE status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED')"
+)
+
+
+def _stopped_cleanly(srv: GunicornServer) -> None:
+    code = srv.stop()
+    log = srv.log()
+    assert code == 0, log[-3000:]
+    # The only tracebacks are those of the deliberately failing test route.
+    assert log.count("Traceback") == log.count("RuntimeError: a bug in a view"), log[-5000:]
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +57,46 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServer]
     db = folder / "sagas.db"
     srv = GunicornServer(f"sqlite:///{db}", folder / "gunicorn.log")
     srv.db = db  # type: ignore[attr-defined]
+    srv.pg = None  # type: ignore[attr-defined]
     yield srv
-    code = srv.stop()
-    log = srv.log()
-    assert code == 0, log[-3000:]
-    # The only tracebacks are those of the deliberately failing test route.
-    assert log.count("Traceback") == log.count("RuntimeError: a bug in a view"), log[-5000:]
+    _stopped_cleanly(srv)
+
+
+@pytest.fixture(scope="module")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServer]:
+    """The same server on PostgreSQL: a schema of its own, dropped afterwards."""
+    require_postgres()
+    pg = PostgresSchema("sagaz_flask_test")
+    try:
+        srv = GunicornServer(pg.url, tmp_path_factory.mktemp("gunicorn-pg") / "gunicorn.log")
+        srv.db = None  # type: ignore[attr-defined]
+        srv.pg = pg  # type: ignore[attr-defined]
+        yield srv
+        _stopped_cleanly(srv)
+        # Both workers closed their pools on the way out.
+        wait_for(lambda: pg.connections() == 0, timeout=10)
+    finally:
+        pg.drop()
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], scope="module"
+)
+def any_server(request: pytest.FixtureRequest) -> GunicornServer:
+    """The SQLite server, then the PostgreSQL one (each started once per module)."""
+    name = "server" if request.param == "sqlite" else "pg_server"
+    srv: GunicornServer = request.getfixturevalue(name)
+    return srv
+
+
+def unfinished(server: GunicornServer) -> int:
+    """How many sagas of the server's storage are not terminal (read from the database)."""
+    pg: PostgresSchema | None = server.pg  # type: ignore[attr-defined]
+    if pg is not None:
+        return int(pg.scalar(UNFINISHED))
+    with sqlite3.connect(server.db) as db:  # type: ignore[attr-defined]
+        (count,) = db.execute(UNFINISHED).fetchone()
+    return int(count)
 
 
 def post_order(
@@ -139,7 +189,8 @@ def test_readme_requests(server: GunicornServer) -> None:
     assert d2["saga_name"] == "flask-example-order"
 
 
-def test_sagas_finish_and_every_worker_reads_them(server: GunicornServer) -> None:
+def test_sagas_finish_and_every_worker_reads_them(any_server: GunicornServer) -> None:
+    server = any_server
     started = {}
     for amount in (10, 20, 5000, 30, 7000, 40):
         status, _, body = post_order(server, amount=amount)
@@ -263,15 +314,15 @@ def test_signed_source_over_http(server: GunicornServer) -> None:
     assert_json_error(
         http_call(server.port, "POST", "/webhooks/order_signed", payload, headers),
         401,
-        "invalid_signature",
+        "missing_signature",
     )
-    bad = {**headers, SIGNATURE_HEADER: sign_body(payload, "wrong")}
+    bad = {**headers, **signature_headers(payload, "wrong")}
     assert_json_error(
         http_call(server.port, "POST", "/webhooks/order_signed", payload, bad),
         401,
         "invalid_signature",
     )
-    good = {**headers, SIGNATURE_HEADER: sign_body(payload, SIGNING_SECRET)}
+    good = {**headers, **signature_headers(payload, SIGNING_SECRET)}
     status, _, body = http_call(server.port, "POST", "/webhooks/order_signed", payload, good)
     assert status == 202
     assert wait_state(server, body["saga_ids"][0])["state"] == "COMPLETED"
@@ -305,18 +356,31 @@ def _db_fds(server: GunicornServer) -> dict[int, list[str]]:
     return {pid: open_fds(pid, name) for pid in server.worker_pids()}
 
 
+def _connections(server: GunicornServer) -> Any:
+    """SQLite: each worker's descriptors of the database files; PostgreSQL: the number
+    of the server's sessions (each worker's pool has a fixed size)."""
+    pg: PostgresSchema | None = server.pg  # type: ignore[attr-defined]
+    if pg is not None:
+        return pg.connections()
+    return _db_fds(server)
+
+
 def _fd_count(pid: int) -> int:
     import os
 
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def test_1000_requests_leak_no_connection(server: GunicornServer) -> None:
+def test_1000_requests_leak_no_connection(any_server: GunicornServer) -> None:
+    server = any_server
     both_workers_answer(server, "/webhooks/health")  # both have opened the database
-    before = _db_fds(server)
-    assert len(before) == 2
-    assert all(before.values()), before
-    totals = {pid: _fd_count(pid) for pid in before}
+    before = _connections(server)
+    if server.pg is None:  # type: ignore[attr-defined]
+        assert len(before) == 2
+        assert all(before.values()), before
+    else:
+        assert before == 2 * server.pg.pool  # type: ignore[attr-defined]
+    totals = {pid: _fd_count(pid) for pid in server.worker_pids()}
 
     def one(i: int) -> int:
         if i % 2:
@@ -330,18 +394,8 @@ def test_1000_requests_leak_no_connection(server: GunicornServer) -> None:
     assert statuses.count(202) == 500
     assert statuses.count(200) == 500
     # Let the started sagas finish before counting again.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with sqlite3.connect(server.db) as db:  # type: ignore[attr-defined]
-            (unfinished,) = db.execute(
-                "SELECT COUNT(*) FROM sagaz_sagas WHERE status NOT IN "
-                "('COMPLETED', 'COMPENSATED', 'FAILED')"
-            ).fetchone()
-        if unfinished == 0:
-            break
-        time.sleep(0.1)
-    assert unfinished == 0
-    after = _db_fds(server)
+    wait_for(lambda: unfinished(server) == 0, timeout=60, interval=0.1)
+    after = _connections(server)
     assert after == before
     for pid, total in totals.items():
         assert _fd_count(pid) <= total + 2, (pid, total)
