@@ -7,14 +7,22 @@ Pythons: the sessions use those of 3.11/3.12/3.13 whose `pythonX.Y` runs from PA
 list them in PYENV_VERSION, e.g. `PYENV_VERSION=3.11.7:3.12.1:3.13.0`). SAGAZ_ALL_PYTHONS=1
 declares all three whether present or not (the GitHub workflow does; nox then fetches or
 fails on a missing one).
+
+Framework versions: the default run tests each framework version of a plugin once and each Python
+at least once; SAGAZ_FULL_MATRIX=1 (the GitHub workflow) runs every pair (see PLUGINS).
+`nox -s compat` (not a default session) tests against the lowest versions each pyproject allows
+and against the newest; see docs/compatibility.md.
 """
 
 from __future__ import annotations
 
+import email
 import os
+import re
 import shutil
 import subprocess
 import tarfile
+import tempfile
 import tomllib
 import zipfile
 from pathlib import Path
@@ -46,44 +54,39 @@ MYPY = "mypy~=2.4.0"
 FAIL_UNDER = 90  # branch coverage, per distribution (DESIGN section 5)
 
 # Framework plugins: one entry each. An entry whose folder does not exist yet is ignored.
-#   package   folder of the distribution
-#   module    what it owns under the `sagaz` namespace
-#   framework the requirement name whose range the plugin declares in its pyproject
-#   versions  label -> {"pins": requirements installed with it (companions too),
-#                       "python": Pythons it runs on (default: all present)}.
-#             Test the lowest minor the plugin declares and the highest it allows ("latest",
-#             no pin: the newest release inside the plugin's own range). A pin outside the
-#             declared range makes the install fail, so keep both in step.
-#   deps      extra test-only requirements;  typing  extra requirements mypy needs
+#   package    folder of the distribution
+#   module     what it owns under the `sagaz` namespace
+#   framework  the requirement name whose range the plugin declares in its pyproject
+#   versions   the framework versions the test matrix runs, label -> {"python": Pythons of the
+#              full matrix (default: all), "default": Pythons of the default run}:
+#                "lowest"  the lower bound of every requirement the plugin's pyproject
+#                          declares, pinned `==` (read from the pyproject, never written here);
+#                          its session label is the framework's lowest minor, e.g. "4.2"
+#                "X.Y"     a minor tested in between (`framework~=X.Y.0`), inside the range
+#                "latest"  no pin: the newest release inside the plugin's declared range
+#              The default run keeps each version once and each Python at least once; with
+#              SAGAZ_FULL_MATRIX=1 (the GitHub workflow) every Python listed in "python" runs.
+#              tests/repo checks the classifiers of each pyproject against this matrix.
+#   companions requirements added to the "lowest" pins (same name: they replace the pin) so that
+#              an old framework release imports and its test client works; a PEP 508 marker
+#              limits one to some Pythons
+#   deps       extra test-only requirements;  typing  extra requirements mypy needs
 PLUGINS: dict[str, dict[str, Any]] = {
     "fastapi": {
         "package": "packages/sagaz-fastapi",
         "module": "sagaz.integrations.fastapi",
         "framework": "fastapi",
         "versions": {
-            # The plan's lowest: FastAPI 0.100 / Starlette 0.27 (pydantic 2.8 on 3.13 for wheels).
-            "0.100": {
-                "pins": [
-                    "fastapi==0.100.0",
-                    "starlette==0.27.0",
-                    "pydantic==2.0.3",
-                    "httpx==0.24.1",
-                    "uvicorn==0.22.0",
-                ],
-                "python": ["3.11", "3.12"],
-            },
-            "0.100-py313": {
-                "pins": [
-                    "fastapi==0.100.0",
-                    "starlette==0.27.0",
-                    "pydantic==2.8.2",
-                    "httpx==0.24.1",
-                    "uvicorn==0.22.0",
-                ],
-                "python": ["3.13"],
-            },
-            "latest": {"pins": []},
+            "lowest": {"default": ["3.11"]},
+            "latest": {"default": ["3.12", "3.13"]},
         },
+        "companions": [
+            # Starlette 0.27's TestClient passes `app=` to httpx, removed in httpx 0.28.
+            "httpx==0.24.1",
+            "uvicorn==0.22.0",
+            # pydantic-core has wheels for Python 3.13 from pydantic 2.8 on.
+            'pydantic==2.8.2; python_version >= "3.13"',
+        ],
         "deps": ["httpx", "uvicorn"],
     },
     "flask": {
@@ -91,23 +94,23 @@ PLUGINS: dict[str, dict[str, Any]] = {
         "module": "sagaz.integrations.flask",
         "framework": "flask",
         "versions": {
-            # Flask 2.0 imports only with Werkzeug 2.x: pin the companion too.
-            "2.0": {"pins": ["flask~=2.0.0", "werkzeug~=2.0.0"]},
-            "latest": {"pins": []},
+            "lowest": {"default": ["3.11"]},
+            "latest": {"default": ["3.12", "3.13"]},
         },
+        # Flask 2.0 does not cap Werkzeug and fails to import with Werkzeug 3.
+        "companions": ["werkzeug~=2.0.0"],
         "deps": ["gunicorn"],
     },
     "django": {
         "package": "packages/sagaz-django",
         "module": "sagaz.integrations.django",
         "framework": "django",
-        # Every supported Django once, each on a Python it supports (6.x needs >= 3.12),
-        # all three Pythons covered: the default run stays under CI's budget on 2 cores.
+        # Django 6.x needs Python >= 3.12.
         "versions": {
-            "4.2": {"pins": ["django~=4.2.0"], "python": ["3.11"]},
-            "5.2": {"pins": ["django~=5.2.0"], "python": ["3.11"]},
-            "6.0": {"pins": ["django~=6.0.0"], "python": ["3.12"]},
-            "latest": {"pins": [], "python": ["3.13"]},
+            "lowest": {"python": ["3.11", "3.12"], "default": ["3.11"]},
+            "5.2": {"python": ["3.11", "3.12", "3.13"], "default": ["3.11"]},
+            "6.0": {"python": ["3.12", "3.13"], "default": ["3.12"]},
+            "latest": {"python": ["3.12", "3.13"], "default": ["3.13"]},
         },
         "deps": ["pytest-django", "gunicorn", "uvicorn", "httpx"],
         "typing": ["django-stubs"],
@@ -117,6 +120,8 @@ PLUGINS: dict[str, dict[str, Any]] = {
 }
 
 ALL_PYTHONS = ["3.11", "3.12", "3.13"]
+# Every (framework version, Python) pair of PLUGINS, and the core's slow tests on every Python.
+FULL_MATRIX = os.environ.get("SAGAZ_FULL_MATRIX") == "1"
 
 
 def _python_runs(version: str) -> bool:
@@ -159,6 +164,7 @@ def _run_tests(
     tests: str,
     install: list[str],
     test_envs: list[dict[str, str]] | None = None,
+    pytest_args: list[str] | None = None,
 ) -> None:
     """Install (one command), then run one distribution's tests under coverage into its own
     data file. pytest's "no tests collected" (exit code 5) fails the session like any error."""
@@ -180,6 +186,7 @@ def _run_tests(
             "pytest",
             tests,
             "--import-mode=importlib",
+            *(pytest_args or []),
             *session.posargs,
             env={**env, **extra},
         )
@@ -195,42 +202,133 @@ def _editable(*packages: str) -> list[str]:
 
 @nox.session(python=PYTHONS, tags=["tests"])
 def tests_core(session: nox.Session) -> None:
-    """sagaz-core's tests, with all its extras."""
-    _run_tests(session, f"core-{session.python}", f"{CORE}/tests", _editable())
+    """sagaz-core's tests, with all its extras.
+
+    The slow multi-process tests (`-m slow`: workers killed and restarted, 1,000-saga splits) run
+    on the first Python only, unless SAGAZ_FULL_MATRIX=1 (the GitHub workflow sets it): they
+    exercise processes and databases, not the interpreter, and CI on 2 cores has a time budget.
+    """
+    full = session.python == DEFAULT_PYTHON or os.environ.get("SAGAZ_FULL_MATRIX") == "1"
+    select = [] if full else ["-m", "not slow"]
+    _run_tests(session, f"core-{session.python}", f"{CORE}/tests", _editable(), pytest_args=select)
 
 
-def _check_lowest(session: nox.Session, plugin: dict[str, Any]) -> None:
-    """The lowest minor of the framework range the plugin declares must be in `versions`."""
-    project = tomllib.loads((ROOT / plugin["package"] / "pyproject.toml").read_text())["project"]
-    for dependency in project.get("dependencies", []):
+class MatrixError(Exception):
+    """A pyproject and the PLUGINS matrix disagree; the message names the fix."""
+
+
+def _pyproject(package: str) -> dict[str, Any]:
+    return tomllib.loads((ROOT / package / "pyproject.toml").read_text())
+
+
+def _applies(requirement: Requirement, python: str) -> bool:
+    """Whether the requirement's PEP 508 marker (if any) holds on Python `python` (X.Y)."""
+    if requirement.marker is None:
+        return True
+    env = {"python_version": python, "python_full_version": f"{python}.0", "extra": ""}
+    return requirement.marker.evaluate(env)
+
+
+def _lowest(requirement: Requirement, package: str) -> str:
+    """The lowest version `requirement` allows (its `>=`, `~=` or `==` bound)."""
+    lows = [s.version for s in requirement.specifier if s.operator in {">=", "~=", "=="}]
+    if not lows:
+        raise MatrixError(
+            f"{package}/pyproject.toml declares {requirement} without a lower bound: add the"
+            " lowest version that works (`>=X.Y`); the compat session tests it"
+        )
+    return max(lows, key=Version)
+
+
+def lowest_pins(package: str, python: str, extras: tuple[str, ...] = ()) -> list[str]:
+    """`name==lowest` for each requirement `package`'s pyproject declares (and those of its
+    `extras`) that applies on `python`. sagaz-* requirements are skipped: the checkout is
+    installed instead."""
+    project = _pyproject(package)["project"]
+    declared = list(project.get("dependencies", []))
+    for extra in extras:
+        declared += project.get("optional-dependencies", {})[extra]
+    pins = []
+    for dependency in declared:
         requirement = Requirement(dependency)
-        if canonicalize_name(requirement.name) != plugin["framework"]:
+        if canonicalize_name(requirement.name).startswith("sagaz-"):
             continue
-        lows = [s.version for s in requirement.specifier if s.operator in {">=", "~=", "=="}]
-        if not lows:
-            session.error(f"{plugin['package']} declares {requirement} without a lower bound")
-        lowest = ".".join(max(lows, key=Version).split(".")[:2])
-        if lowest not in plugin["versions"]:
-            session.error(
-                f"{plugin['package']} declares {requirement}, but the matrix does not test"
-                f" {plugin['framework']} {lowest}: add it to PLUGINS in noxfile.py"
-            )
-        return
-    session.error(f"{plugin['package']} does not depend on {plugin['framework']}")
+        if _applies(requirement, python):
+            extra_names = f"[{','.join(sorted(requirement.extras))}]" if requirement.extras else ""
+            pins.append(f"{requirement.name}{extra_names}=={_lowest(requirement, package)}")
+    return pins
+
+
+def _with_companions(pins: list[str], companions: list[str], python: str) -> list[str]:
+    """`pins` plus the companions that apply on `python`; a companion replaces a pin of the
+    same name."""
+    merged = {canonicalize_name(Requirement(pin).name): pin for pin in pins}
+    for companion in companions:
+        requirement = Requirement(companion)
+        if _applies(requirement, python):
+            requirement.marker = None
+            merged[canonicalize_name(requirement.name)] = str(requirement)
+    return list(merged.values())
+
+
+def framework_requirement(plugin: dict[str, Any]) -> Requirement:
+    """The plugin's declared framework range, from its pyproject."""
+    for dependency in _pyproject(plugin["package"])["project"].get("dependencies", []):
+        requirement = Requirement(dependency)
+        if canonicalize_name(requirement.name) == plugin["framework"]:
+            return requirement
+    raise MatrixError(
+        f"{plugin['package']}/pyproject.toml does not depend on {plugin['framework']}"
+    )
+
+
+def version_pins(plugin: dict[str, Any], label: str, python: str) -> tuple[str, list[str]]:
+    """(session label, requirements to install) of one framework version of the matrix."""
+    requirement = framework_requirement(plugin)
+    if label == "lowest":
+        lowest = _lowest(requirement, plugin["package"])
+        pins = lowest_pins(plugin["package"], python)
+        return ".".join(lowest.split(".")[:2]), _with_companions(
+            pins, plugin.get("companions", []), python
+        )
+    if label == "latest":
+        return label, []
+    if not requirement.specifier.contains(f"{label}.0"):
+        raise MatrixError(
+            f"PLUGINS in noxfile.py tests {plugin['framework']} {label}, outside the range"
+            f" {plugin['package']}/pyproject.toml declares ({requirement}): widen the range"
+            " or drop that version"
+        )
+    return label, [f"{requirement.name}~={label}.0"]
+
+
+def matrix_pythons(spec: dict[str, Any], full: bool = FULL_MATRIX) -> list[str]:
+    """The Pythons one framework version runs on: all listed in the full matrix, else the
+    default run's."""
+    pythons = spec.get("python", ALL_PYTHONS)
+    return list(pythons if full else spec.get("default", pythons))
 
 
 def _plugin_session(key: str, plugin: dict[str, Any]) -> str | None:
     """Register `tests_<key>` parametrised over (Python, framework version); return its name."""
     params = []
-    for label, spec in plugin["versions"].items():
-        for python in spec.get("python", ALL_PYTHONS):
-            if python in PYTHONS:
-                params.append(nox.param(python, label, spec["pins"], id=f"{python}-{key}-{label}"))
+    problem = ""
+    try:
+        for label, spec in plugin["versions"].items():
+            for python in matrix_pythons(spec):
+                if python in PYTHONS:
+                    version, pins = version_pins(plugin, label, python)
+                    params.append(nox.param(python, version, pins, id=f"{python}-{key}-{version}"))
+    except MatrixError as error:
+        # Keep `nox -l` working; the session says what to fix.
+        problem = str(error)
+        params = [nox.param(DEFAULT_PYTHON, "invalid", [], id=f"{DEFAULT_PYTHON}-{key}-invalid")]
     if not params:
         return None  # none of its Pythons is here
 
     def session_func(session: nox.Session, version: str, pins: list[str]) -> None:
-        _check_lowest(session, plugin)
+        if problem:
+            session.error(problem)
         # Core and plugin in ONE install (a plugin alone sends pip to the index for sagaz-core).
         install = [*_editable(plugin["package"]), *pins, *plugin.get("deps", [])]
         _run_tests(
@@ -285,11 +383,75 @@ def coverage(session: nox.Session) -> None:
 
 @nox.session(python=DEFAULT_PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check."""
-    session.install(RUFF)
-    paths = _existing("packages", "bench", "examples", "scripts", "noxfile.py")
+    """ruff check and ruff format --check; bandit over packages/*/src; pip-audit of the
+    dependencies (see _pip_audit for when its vulnerability service is unreachable)."""
+    session.install(RUFF, BANDIT, PIP_AUDIT)
+    paths = _existing(
+        "packages", "bench", "examples", "scripts", "tests/repo", ".github", "noxfile.py"
+    )
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
+    sources = [str(p.relative_to(ROOT)) for p in sorted(PACKAGES.glob("*/src"))]
+    session.run("bandit", "-q", "-c", "pyproject.toml", "-r", *sources)
+    _pip_audit(session)
+
+
+BANDIT = "bandit~=1.9"
+PIP_AUDIT = "pip-audit~=2.9"
+#: pip-audit's default vulnerability service: the PyPI JSON API, per release.
+AUDIT_PROBE = "https://pypi.org/pypi/pip/24.0/json"
+
+
+def _audit_service_problem() -> str | None:
+    """Why pip-audit cannot reach its vulnerability service from here, or None."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(AUDIT_PROBE, timeout=15) as answer:
+            if "vulnerabilities" in json.load(answer):
+                return None
+            return f"{AUDIT_PROBE} answered without vulnerability data"
+    except Exception as exc:
+        return f"{AUDIT_PROBE} is unreachable ({exc})"
+
+
+def _pip_audit(session: nox.Session) -> None:
+    """Audit every third-party dependency of the four distributions (all extras).
+
+    Without the vulnerability service (an offline machine, a proxy that serves only the
+    package index) the session says so; under CI=true that is a failure, unless
+    SAGAZ_AUDIT_OFFLINE_OK=1 acknowledges it (the warning is still printed).
+    """
+    problem = _audit_service_problem()
+    if problem is not None:
+        message = f"pip-audit cannot check for known vulnerabilities: {problem}"
+        if (
+            os.environ.get("CI", "").lower() == "true"
+            and os.environ.get("SAGAZ_AUDIT_OFFLINE_OK") != "1"
+        ):
+            session.error(f"{message}. Set SAGAZ_AUDIT_OFFLINE_OK=1 to accept that on this runner")
+        session.warn(f"{message}; the dependency audit is SKIPPED on this machine")
+        return
+    typing = [dep for p in ACTIVE_PLUGINS.values() for dep in p.get("typing", [])]
+    session.install(*_editable(*[p["package"] for p in ACTIVE_PLUGINS.values()]), *typing)
+    frozen = (
+        session.run("python", "-m", "pip", "freeze", "--exclude-editable", silent=True)
+        if (session.venv_backend != "uv")
+        else session.run("uv", "pip", "freeze", "--exclude-editable", silent=True)
+    )
+    requirements = Path(session.create_tmp()) / "audit-requirements.txt"
+    requirements.write_text(str(frozen))
+    session.run(
+        "pip-audit",
+        "--requirement",
+        str(requirements),
+        "--no-deps",
+        "--disable-pip",
+        "--strict",  # a dependency the service does not know fails the audit
+        "--progress-spinner",
+        "off",
+    )
 
 
 @nox.session(python=DEFAULT_PYTHON)
@@ -342,6 +504,70 @@ def _namespace_violations() -> list[str]:
     return found
 
 
+RELATIVE_LINK = re.compile(r"\]\((?!https?://|#|mailto:)[^)\s]+\)")
+
+
+def dist_version(dist: Path) -> str:
+    """The version in the distribution's `_version.py` (what `hatch version` reads and bumps)."""
+    path = _pyproject(str(dist.relative_to(ROOT)))["tool"]["hatch"]["version"]["path"]
+    match = re.search(r"^__version__ = \"([^\"]+)\"$", (dist / path).read_text(), re.MULTILINE)
+    if match is None:
+        raise MatrixError(f'{dist.name}: {path} has no `__version__ = "X.Y.Z"` line')
+    return match.group(1)
+
+
+def _metadata_problems() -> list[str]:
+    """What PyPI users would miss in dist/: one wheel and one sdist per distribution at the
+    version of its _version.py, with summary, README long description (no relative links),
+    license file, Requires-Python, a Changelog URL, and plugins accepting this core."""
+    problems = []
+    core_version = dist_version(PACKAGES / "sagaz-core")
+    for dist in _distributions():
+        stem = f"{dist.name.replace('-', '_')}-{dist_version(dist)}"
+        wheels = sorted(DIST.glob(f"{stem}-*.whl"))
+        sdist = DIST / f"{stem}.tar.gz"
+        if len(wheels) != 1 or not sdist.is_file():
+            problems.append(f"{dist.name}: expected one {stem}-*.whl and {stem}.tar.gz in dist/")
+            continue
+        with zipfile.ZipFile(wheels[0]) as whl:
+            names = whl.namelist()
+            meta = email.message_from_bytes(whl.read(f"{stem}.dist-info/METADATA"))
+        for field in ("Summary", "Requires-Python", "License-Expression", "License-File"):
+            if not meta.get(field):
+                problems.append(f"{wheels[0].name}: no {field} in METADATA")
+        if not any(n.startswith(f"{stem}.dist-info/licenses/") for n in names):
+            problems.append(f"{wheels[0].name}: ships no license file")
+        body = meta.get_payload()
+        if meta.get("Description-Content-Type") != "text/markdown" or "# " not in str(body):
+            problems.append(f"{wheels[0].name}: the long description is not the Markdown README")
+        problems += [
+            f"{wheels[0].name}: relative link {link} in the long description (broken on PyPI)"
+            for link in RELATIVE_LINK.findall(str(body))
+        ]
+        urls = {u.split(",", 1)[0].strip() for u in meta.get_all("Project-URL") or []}
+        problems += [
+            f"{wheels[0].name}: no {u} project URL"
+            for u in ("Changelog", "Source")
+            if u not in urls
+        ]
+        for requirement in map(Requirement, meta.get_all("Requires-Dist") or []):
+            if requirement.name == "sagaz-core" and not requirement.specifier.contains(
+                core_version
+            ):
+                problems.append(
+                    f"{wheels[0].name}: requires {requirement}, which excludes the sagaz-core"
+                    f" {core_version} built beside it: widen the range (see RELEASING.md)"
+                )
+        with tarfile.open(sdist) as tar:
+            members = {n.split("/", 1)[-1] for n in tar.getnames()}
+        problems += [
+            f"{sdist.name}: does not ship {need}"
+            for need in ("README.md", "CHANGELOG.md", "LICENSE", "pyproject.toml")
+            if need not in members
+        ]
+    return problems
+
+
 @nox.session(python=DEFAULT_PYTHON)
 def build(session: nox.Session) -> None:
     """Wheel and sdist of every packages/*/ into dist/; namespace check; twine check."""
@@ -360,6 +586,8 @@ def build(session: nox.Session) -> None:
             " and each wheel ships its py.typed (DESIGN section 1):\n  " + "\n  ".join(violations)
         )
     session.run("twine", "check", "--strict", *map(str, _artifacts()))
+    if problems := _metadata_problems():
+        session.error("dist/ is not ready for PyPI:\n  " + "\n  ".join(problems))
 
     # The wheels alone, installed together, must resolve every package through the namespace.
     session.install(*map(str, sorted(DIST.glob("*.whl"))))
@@ -368,23 +596,243 @@ def build(session: nox.Session) -> None:
     session.run("python", str(smoke), *[p["module"] for p in ACTIVE_PLUGINS.values()])
 
 
+# install_wheels: what each smoke script needs beside the plugin (its framework's test client).
+SMOKE_DEPS = {"fastapi": ["httpx"], "flask": [], "django": []}
+SMOKE_DIR = ROOT / "tests" / "repo" / "smoke"
+
+
+def _wheels_by_name() -> dict[str, Path]:
+    """dist/'s wheels, by distribution name; errors when dist/ is missing or stale."""
+    wheels = {}
+    for dist in _distributions():
+        stem = f"{dist.name.replace('-', '_')}-{dist_version(dist)}"
+        found = sorted(DIST.glob(f"{stem}-*.whl"))
+        if len(found) != 1:
+            raise MatrixError(
+                f"dist/ has no wheel {stem}-*.whl (found: {[p.name for p in DIST.glob('*.whl')]}):"
+                " run `nox -s build` first; install_wheels installs what build made"
+            )
+        wheels[dist.name] = found[0]
+    return wheels
+
+
+class _Venv:
+    """A fresh virtual environment outside the source tree, filled from dist/'s wheels."""
+
+    def __init__(self, session: nox.Session, path: Path) -> None:
+        self.session, self.path, self.python = session, path, path / "bin" / "python"
+        self.uv = session.venv_backend == "uv"
+        base = str(Path(session.bin) / "python")
+        if self.uv:
+            session.run("uv", "venv", "--quiet", "--python", base, str(path), silent=True)
+        else:
+            session.run("python", "-m", "venv", str(path), silent=True)
+
+    def pip(self, *args: str) -> None:
+        if self.uv:
+            self.session.run("uv", "pip", *args[:1], "--python", str(self.python), *args[1:])
+        else:
+            self.session.run(str(self.python), "-m", "pip", *args, external=True)
+
+    def smoke(self, workdir: Path, *plugins: str) -> None:
+        """Run each plugin's smoke script in `workdir`, with no variable from this process
+        (no PYTHONPATH, no virtualenv of nox's)."""
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "LANG": "C.UTF-8"}
+        with self.session.chdir(workdir):
+            for plugin in plugins:
+                self.session.log(f"smoke test of sagaz-{plugin} in {self.path.name}")
+                self.session.run(
+                    str(self.python),
+                    f"smoke_{plugin}.py",
+                    env=env,
+                    include_outer_env=False,
+                    external=True,
+                )
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def install_wheels(session: nox.Session) -> None:
+    """Each plugin from dist/'s wheels alone in a fresh venv, smoke-tested through its framework;
+    then all together, and uninstalling any one leaves the others working. Needs `build`."""
+    try:
+        wheels = _wheels_by_name()
+    except MatrixError as error:
+        session.error(str(error))
+    plugins = [key for key, p in ACTIVE_PLUGINS.items() if Path(p["package"]).name in wheels]
+    with tempfile.TemporaryDirectory(prefix="sagaz-install-wheels-") as tmp:
+        work = Path(tmp) / "work"
+        shutil.copytree(SMOKE_DIR, work, ignore=shutil.ignore_patterns("__pycache__"))
+        core = str(wheels["sagaz-core"])
+        for key in plugins:
+            venv = _Venv(session, Path(tmp) / f"venv-{key}")
+            venv.pip("install", core, str(wheels[f"sagaz-{key}"]), *SMOKE_DEPS[key])
+            venv.smoke(work, key)
+
+        venv = _Venv(session, Path(tmp) / "venv-all")
+        smoke_deps = [dep for key in plugins for dep in SMOKE_DEPS[key]]
+        venv.pip("install", core, *(str(wheels[f"sagaz-{key}"]) for key in plugins), *smoke_deps)
+        for key in plugins:
+            others = [k for k in plugins if k != key]
+            venv.pip("uninstall", *([] if venv.uv else ["-y"]), f"sagaz-{key}")
+            gone = f"assert util.find_spec('sagaz.integrations.{key}') is None, 'still there'"
+            session.run(
+                str(venv.python), "-c", f"from importlib import util; {gone}", external=True
+            )
+            venv.smoke(work, *others)
+            venv.pip("install", str(wheels[f"sagaz-{key}"]))
+
+
+# compat: what the tests of each distribution run against.
+#   core-lowest       the core's tests, every requirement of the core (and its extras) `==` lowest
+#   <plugin>-lowest   the plugin's tests, every requirement of the plugin and of the core `==`
+#                     lowest (plus the plugin's companions), on the lowest Python
+#   <plugin>-newest   the plugin's tests, everything at its newest release, on the newest Python
+def _compat_params() -> list[Any]:
+    params = [nox.param(PYTHONS[0], "core-lowest", id="core-lowest")]
+    for key in ACTIVE_PLUGINS:
+        params.append(nox.param(PYTHONS[0], f"{key}-lowest", id=f"{key}-lowest"))
+        params.append(nox.param(PYTHONS[-1], f"{key}-newest", id=f"{key}-newest"))
+    return params
+
+
+@nox.session(default=False)
+@nox.parametrize("python,target", _compat_params())
+def compat(session: nox.Session, target: str) -> None:
+    """Tests against the lowest versions each pyproject allows, and against the newest."""
+    key, bound = target.rsplit("-", 1)
+    extras = tuple(CORE_EXTRAS.split(","))
+    python = str(session.python)
+    install: list[str] = []
+    try:
+        if bound == "lowest":
+            install += lowest_pins(CORE, python, extras)
+        if key == "core":
+            install += _editable()
+            tests = f"{CORE}/tests"
+        else:
+            plugin = ACTIVE_PLUGINS[key]
+            if bound == "lowest":
+                _, pins = version_pins(plugin, "lowest", python)
+                install += pins
+            install += [*_editable(plugin["package"]), *plugin.get("deps", [])]
+            tests = f"{plugin['package']}/tests"
+    except MatrixError as error:
+        session.error(str(error))
+    session.install(*(["--upgrade"] if bound == "newest" else []), *install, *TEST_DEPS)
+    if session.venv_backend == "uv":
+        session.run("uv", "pip", "list", "--python", str(Path(session.bin) / "python"))
+    else:
+        session.run("python", "-m", "pip", "list")
+    env = {k: v for k, v in os.environ.items() if k == "CI" or k.startswith("SAGAZ_")}
+    for extra in ACTIVE_PLUGINS.get(key, {}).get("test_envs") or [{}]:
+        session.run(
+            "pytest", tests, "-p", "no:cacheprovider", *session.posargs, env={**env, **extra}
+        )
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def tests_repo(session: nox.Session) -> None:
+    """tests/repo: pyprojects, nox matrix, workflows, changelogs and versions agree."""
+    # pytest-asyncio only because the root pytest configuration names its options.
+    session.install(
+        "pytest>=8",
+        "pytest-asyncio",
+        "pyyaml>=6",
+        "packaging>=24",
+        "nox",
+        "trove-classifiers",
+        "hatch",
+    )
+    session.run("pytest", "tests/repo", "-p", "no:cacheprovider", *session.posargs)
+
+
+# The documentation site (docs/, mkdocs.yml): Material theme, mkdocstrings for the API reference.
+DOCS_DEPS = [
+    "mkdocs>=1.6,<2",
+    "mkdocs-material>=9.5,<10",
+    "mkdocstrings[python]>=1.0,<2",
+    "pytest>=8",
+    "pytest-asyncio>=0.24",
+    "httpx",  # FastAPI's TestClient, for the getting-started pages
+]
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the site with `mkdocs build --strict` (a broken link or reference fails), then
+    tests/docs: the getting-started pages' code runs, every `__all__` name is documented."""
+    session.install(*_editable(*[p["package"] for p in ACTIVE_PLUGINS.values()]), *DOCS_DEPS)
+    site = Path(session.create_tmp()) / "site"
+    shutil.rmtree(site, ignore_errors=True)
+    session.run(
+        "mkdocs", "build", "--strict", "--site-dir", str(site), env={"NO_MKDOCS_2_WARNING": "1"}
+    )
+    env = {"SAGAZ_DOCS_SITE": str(site)}
+    session.run("pytest", "tests/docs", "-p", "no:cacheprovider", *session.posargs, env=env)
+
+
+# tests/reliability: crashes, database and broker faults, load (real processes and servers).
+RELIABILITY_DEPS = [
+    "pytest>=8",
+    "pytest-asyncio>=0.24",
+    "hypothesis>=6.100",
+    "schemathesis>=3.30",
+    "httpx",
+    "uvicorn",
+    "gunicorn",
+]
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def reliability(session: nox.Session) -> None:
+    """tests/reliability (with its hostile/ part): workers SIGKILLed, a private PostgreSQL
+    restarted, private Redis/RabbitMQ stopped, webhook load on the three plugins' servers.
+
+    Prints its figures at the end. Sizes: SAGAZ_RELIABILITY_SCALE (default 1: the issue's);
+    under CI=true the load part sends 1,000 POSTs per plugin instead of 5,000
+    (SAGAZ_RELIABILITY_LOAD_SCALE=0.2, unless set) to stay within CI's time budget.
+    """
+    packages = [p["package"] for p in ACTIVE_PLUGINS.values()]
+    session.install(*_editable(*packages), *RELIABILITY_DEPS)
+    env = {k: v for k, v in os.environ.items() if k == "CI" or k.startswith("SAGAZ_")}
+    if os.environ.get("CI", "").lower() == "true":
+        env.setdefault("SAGAZ_RELIABILITY_LOAD_SCALE", "0.2")
+    session.run("pytest", "tests/reliability", "-p", "no:cacheprovider", *session.posargs, env=env)
+
+
 @nox.session(python=DEFAULT_PYTHON, default=False)
 def bench(session: nox.Session) -> None:
-    """Run every bench/*.py (never part of the default run); posargs go to each script."""
-    scripts = sorted((ROOT / "bench").glob("*.py"))
-    if not scripts:
-        session.skip("no bench/*.py yet")
+    """The benchmark table: bench/run_all.py (never part of the default run).
+
+    posargs go to run_all.py: `nox -s bench -- --quick`, `-- --soak`, `-- --only engine,postgres`
+    (bench/README.md). Needs PostgreSQL, Redis and RabbitMQ on loopback, as the tests do.
+    """
     requirements = _existing("bench/requirements.txt")
-    session.install(*_editable(), *(["-r", *requirements] if requirements else []))
-    for script in scripts:
-        session.run("python", str(script.relative_to(ROOT)), *session.posargs)
+    packages = [p["package"] for p in ACTIVE_PLUGINS.values()]
+    session.install(*_editable(*packages), *(["-r", *requirements] if requirements else []))
+    session.run("python", "bench/run_all.py", *session.posargs)
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def examples(session: nox.Session) -> None:
+    """examples/: each example started with `sagaz examples run` on 127.0.0.1, its README's
+    requests replayed (tests/examples), on SQLite and on PostgreSQL."""
+    packages = [p["package"] for p in ACTIVE_PLUGINS.values()]
+    session.install(*_editable(*packages), "uvicorn", "pytest>=8", "pytest-asyncio")
+    env = {k: v for k, v in os.environ.items() if k == "CI" or k.startswith("SAGAZ_")}
+    session.run("pytest", "tests/examples", "-p", "no:cacheprovider", *session.posargs, env=env)
 
 
 nox.options.sessions = [
     "lint",
+    "tests_repo",
     "typecheck",
     "tests_core",
     *PLUGIN_TEST_SESSIONS,
+    "docs",
+    "examples",
+    "reliability",
     "coverage",
     "build",
+    "install_wheels",
 ]
