@@ -159,7 +159,7 @@ def _configure_django(folder: Path) -> None:
         return
     settings.configure(
         DEBUG=False,
-        SECRET_KEY="sagaz-hostile-tests-only",  # noqa: S106 - a test project
+        SECRET_KEY="sagaz-hostile-tests-only",
         ALLOWED_HOSTS=["testserver"],
         USE_TZ=True,
         ROOT_URLCONF="sagaz_hostile_django_urls",

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sagaz.core.config import SagaConfig, get_config
+from sagaz.core.errors import StorageError
 from sagaz.core.records import SagaQuery, SagaRecord
 from sagaz.core.registry import SagaRegistry, registry
 from sagaz.core.result import SagaResult
@@ -32,6 +33,8 @@ __all__ = ["SagaWorker", "WorkerStats"]
 logger = logging.getLogger("sagaz.worker")
 
 _UNFINISHED = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+#: Longest wait between two claims while the storage keeps failing (seconds).
+_MAX_CLAIM_BACKOFF = 5.0
 
 
 @dataclass(slots=True)
@@ -110,8 +113,25 @@ class SagaWorker:
         try:
             async with storage.holding_leases():
                 await self._report_unknown()
+                failures = 0
                 while not self._stop.is_set():
-                    claimed = await self._claim()
+                    try:
+                        claimed = await self._claim()
+                    except (StorageError, OSError) as exc:
+                        # The database restarted or dropped our connection: keep the
+                        # worker alive and claim again once it answers.
+                        failures += 1
+                        delay = min(_MAX_CLAIM_BACKOFF, self.poll_interval * 2.0 ** failures)
+                        logger.warning(
+                            "sagaz worker: claiming sagas failed (%d in a row), retrying "
+                            "in %.1fs: %s",
+                            failures,
+                            delay,
+                            exc,
+                        )
+                        await self._idle(delay)
+                        continue
+                    failures = 0
                     if not claimed:
                         await self._idle()
         finally:
@@ -165,12 +185,14 @@ class SagaWorker:
                 exc_info=exc,
             )
 
-    async def _idle(self) -> None:
+    async def _idle(self, seconds: float | None = None) -> None:
         waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._stop.wait())}
         waiters.update(self._running)
         try:
             await asyncio.wait(
-                waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
+                waiters,
+                timeout=self.poll_interval if seconds is None else seconds,
+                return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             for waiter in waiters:
@@ -179,7 +201,13 @@ class SagaWorker:
 
     async def _report_unknown(self) -> None:
         known = set(self.saga_names)
-        unfinished = await self.config.storage.list_sagas(SagaQuery(status=_UNFINISHED, limit=1000))
+        try:
+            unfinished = await self.config.storage.list_sagas(
+                SagaQuery(status=_UNFINISHED, limit=1000)
+            )
+        except (StorageError, OSError) as exc:  # a report only: never worth dying for
+            logger.warning("sagaz worker: could not look for sagas of unknown names: %s", exc)
+            return
         for record in unfinished:
             if record.saga_name not in known and record.saga_id not in self._reported_unknown:
                 self._reported_unknown.add(record.saga_id)

@@ -1,0 +1,1 @@
+"""The Django project of the reliability suite (settings from REL_* environment variables)."""
