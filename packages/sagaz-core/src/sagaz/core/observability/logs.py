@@ -8,7 +8,9 @@ a JSON formatter or a format string (``%(saga_id)s``) picks them up:
 - :class:`SagaLogFilter`, added to a *handler* of the host application, fills them on
   every record that handler emits while a saga step runs (the engine's, a library's
   or the step's own records) and the correlation id inside a request scope;
-- :class:`SagaLogAdapter` wraps a logger for code inside steps.
+- :class:`SagaLogAdapter` wraps a logger for code inside steps;
+- :class:`CorrelationIdFilter` sets only ``correlation_id`` but on *every* record (a
+  placeholder outside requests and sagas), for request logs in any web framework.
 
 For one line per saga transition, add a :class:`~sagaz.core.LoggingListener` to
 ``SagaConfig(listeners=[...])``.
@@ -23,7 +25,13 @@ from typing import Any
 from sagaz.core.context import current_correlation_id
 from sagaz.core.engine import current_step
 
-__all__ = ["SAGA_LOG_FIELDS", "SagaLogAdapter", "SagaLogFilter", "saga_log_fields"]
+__all__ = [
+    "SAGA_LOG_FIELDS",
+    "CorrelationIdFilter",
+    "SagaLogAdapter",
+    "SagaLogFilter",
+    "saga_log_fields",
+]
 
 #: The attributes :class:`SagaLogFilter`, :class:`SagaLogAdapter` and
 #: :class:`~sagaz.core.LoggingListener` put on log records.
@@ -119,3 +127,41 @@ class SagaLogAdapter(logging.LoggerAdapter[logging.Logger]):
             fields.update(given)
         kwargs["extra"] = fields
         return msg, kwargs
+
+
+class CorrelationIdFilter(logging.Filter):
+    """Sets ``record.correlation_id`` on every record, so formats can use
+    ``%(correlation_id)s``.
+
+    The id is the current :class:`~sagaz.core.SagaContextManager` scope's (opened per
+    request by each web plugin's middleware: FastAPI's and Django's
+    ``SagaContextMiddleware``, Flask's ``SagaFlask``), else, inside a saga step, the
+    saga's (sagas resumed at start-up or run by a worker run outside any request), else
+    ``default``. A record that already has a ``correlation_id`` keeps it; the filter
+    never drops a record. Attach it to a handler::
+
+        handler = logging.StreamHandler()
+        handler.addFilter(CorrelationIdFilter())
+        handler.setFormatter(logging.Formatter("%(correlation_id)s %(message)s"))
+
+    It works the same in FastAPI, Flask, Django and plain asyncio code. For every saga
+    field (``saga_id``, ``step``, ...) use :class:`SagaLogFilter` instead.
+    """
+
+    def __init__(self, default: str = "-") -> None:
+        super().__init__()
+        self.default = default
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Add the attribute; never drops a record."""
+        if getattr(record, "correlation_id", None) is None:
+            found = current_correlation_id() or _step_correlation_id()
+            record.correlation_id = found or self.default
+        return True
+
+
+def _step_correlation_id() -> str | None:
+    try:
+        return current_step().correlation_id
+    except RuntimeError:
+        return None
