@@ -121,7 +121,7 @@ class SagaWorker:
                         # The database restarted or dropped our connection: keep the
                         # worker alive and claim again once it answers.
                         failures += 1
-                        delay = min(_MAX_CLAIM_BACKOFF, self.poll_interval * 2.0 ** failures)
+                        delay = min(_MAX_CLAIM_BACKOFF, self.poll_interval * 2.0**failures)
                         logger.warning(
                             "sagaz worker: claiming sagas failed (%d in a row), retrying "
                             "in %.1fs: %s",
