@@ -123,3 +123,23 @@ def gunicorn_server(django_db_setup: Any, django_db_blocker: Any) -> Iterator[st
 def uvicorn_server(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
     """Base URL of the test project behind uvicorn (ASGI: the async views)."""
     yield from _start("uvicorn", django_db_blocker)
+
+
+async def _drain_runner() -> None:
+    import asyncio
+
+    from sagaz.core.runner import get_runner
+
+    async with asyncio.timeout(30):
+        await get_runner().drain()
+
+
+@pytest.fixture(autouse=True)
+def _in_process_sagas_finish_before_teardown() -> Iterator[None]:
+    """Sagas a sync view started run on the portal loop after the response: let them
+    finish before the test's database is flushed (a TRUNCATE racing a saga's write
+    deadlocks on PostgreSQL)."""
+    yield
+    from sagaz.core.portal import run_sync
+
+    run_sync(_drain_runner)
