@@ -4,6 +4,7 @@ backend reads back for the same writes (``records.apply_transition`` is the rule
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from typing import Any
@@ -272,6 +273,43 @@ async def test_fencing_and_lease_takeover() -> None:
     assert loaded.history[-1].kind is K.SAGA_STARTED
 
 
+async def test_a_leased_start_is_leased_in_the_same_write() -> None:
+    """NewSaga(leased=True): PENDING, leased to its creator as a claim would; a duplicate
+    is not leased; after the creator dies, another worker takes the saga over."""
+    a, b = DjangoSagaStorage(), DjangoSagaStorage()
+    b._owner = (__import__("os").getpid(), "other-owner")
+    before = time.time()
+    new = dataclasses.replace(_new(key="lz"), leased=True)
+    assert await a.create_saga(new) == (new.saga_id, True)
+    dup = dataclasses.replace(_new(key="lz"), leased=True)
+    assert await b.create_saga(dup) == (new.saga_id, False)
+    fired = dataclasses.replace(_new(), leased=True)
+    dup2 = dataclasses.replace(_new(key="lz"), leased=True)
+    event = TriggerEvent(str(uuid.uuid4()), "orders", {}, "corr-1")
+    assert await b.record_trigger_event(event, [fired, dup2]) == [
+        (fired.saga_id, True),
+        (new.saga_id, False),
+    ]
+    record = await a.load(new.saga_id)
+    assert record is not None
+    assert record.status is SagaStatus.PENDING
+    assert record.lease_owner == a.owner_id
+    assert record.lease_expires_at is not None
+    assert before + a.lease_seconds <= record.lease_expires_at <= time.time() + a.lease_seconds
+    other = await a.load(fired.saga_id)
+    assert other is not None
+    assert other.lease_owner == "other-owner"
+    assert await b.claim(new.saga_id) is None  # a live lease
+    assert await a.renew_leases() == 1
+    a.lease_seconds = 0.2
+    await a.renew_leases()
+    await asyncio.sleep(0.3)
+    taken = await b.claim_runnable(10)
+    assert [r.saga_id for r in taken] == [new.saga_id]
+    with pytest.raises(LeaseLostError):
+        await a.record(new.saga_id, [Transition(K.SAGA_STARTED)])
+
+
 async def test_concurrent_idempotent_starts_create_one_saga() -> None:
     storage = DjangoSagaStorage()
     news = [_new(key="same") for _ in range(12)]
@@ -303,6 +341,12 @@ async def test_duplicate_id_and_bad_json_are_storage_errors() -> None:
     clash.saga_id = new.saga_id
     with pytest.raises(StorageError, match="already recorded"):
         await storage.create_saga(clash)
+    keyed = _new(key="kk2")
+    assert await storage.create_saga(keyed) == (keyed.saga_id, True)
+    with pytest.raises(StorageError, match="already recorded"):  # same id, same key
+        await storage.create_saga(keyed)
+    again = _new(key="kk2")
+    assert await storage.create_saga(again) == (keyed.saga_id, False)  # same key, new id
     bad = _new()
     bad.context = {"when": object()}
     with pytest.raises(StorageError, match="context of saga"):

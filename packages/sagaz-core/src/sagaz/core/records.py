@@ -7,13 +7,15 @@ and its history read back identically from every backend.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntFlag, StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
+from sagaz.core.errors import StorageError
 from sagaz.core.status import TERMINAL_STATUSES, SagaStatus, StepStatus
 
 __all__ = [
@@ -39,9 +41,12 @@ __all__ = [
     "derive_change",
     "history_entries",
     "iso",
+    "to_json",
     "touched_steps",
 ]
 
+
+_Slotted = TypeVar("_Slotted", "SagaRecord", "StepRecord")
 
 _trace_capture: Callable[[], dict[str, str] | None] | None = None
 
@@ -56,6 +61,19 @@ def _capture_trace() -> dict[str, str] | None:
 
         capture = _trace_capture = current_trace_context
     return capture()
+
+
+def to_json(value: Any, what: str) -> str:
+    """``value`` as compact JSON text to store, or a StorageError that names ``what``
+    (e.g. "the context of saga 'x'") and says which values JSON holds."""
+    try:
+        return json.dumps(value, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise StorageError(
+            f"cannot store {what} as JSON ({exc}); durable storage records it as JSON, so "
+            "keep only str, int, float, bool, None, list and dict values (with str keys) "
+            "there, e.g. an id or an ISO-8601 string instead of an object"
+        ) from None
 
 
 def iso(ts: float | None) -> str | None:
@@ -401,6 +419,15 @@ class RecordChange:
         return self.record.status in TERMINAL_STATUSES
 
 
+def _copy(obj: _Slotted) -> _Slotted:
+    """A shallow copy of a slots dataclass (several times faster than dataclasses.replace,
+    which matters on every write)."""
+    new = object.__new__(type(obj))
+    for name in type(obj).__slots__:
+        setattr(new, name, getattr(obj, name))
+    return new
+
+
 def derive_change(record: SagaRecord, transitions: Sequence[Transition]) -> RecordChange:
     """The change ``transitions`` make to ``record``: the saga fields and step rows to write.
 
@@ -411,8 +438,8 @@ def derive_change(record: SagaRecord, transitions: Sequence[Transition]) -> Reco
     ``failed_step`` its first failed step, and merges them and each step's ``fields``
     into the stored row the way :func:`apply_transition` would.
     """
-    after = replace(record, steps=dict(record.steps))
-    steps = after.steps
+    after = _copy(record)
+    steps = after.steps = dict(record.steps)
     fields: dict[str, StepField] = {}
     first: dict[str, int] = {}
     status: SagaStatus | None = None
@@ -425,7 +452,7 @@ def derive_change(record: SagaRecord, transitions: Sequence[Transition]) -> Reco
             else:
                 stored = steps.get(name)
                 if stored is not None:
-                    steps[name] = replace(stored)  # a copy: ``record`` stays as it was
+                    steps[name] = _copy(stored)  # ``record`` stays as it was
                 fields[name] = set_fields
                 first[name] = position
         apply_transition(after, t)

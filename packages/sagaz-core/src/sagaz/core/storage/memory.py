@@ -10,7 +10,6 @@ from typing import Any, ClassVar
 from sagaz.core.errors import StorageError
 from sagaz.core.records import (
     SAGA_STATUS_BY_KIND,
-    HistoryEntry,
     NewSaga,
     OutboxEvent,
     OutboxRecord,
@@ -19,7 +18,8 @@ from sagaz.core.records import (
     SagaRecord,
     Transition,
     TriggerEvent,
-    apply_transition,
+    derive_change,
+    history_entries,
 )
 from sagaz.core.status import TERMINAL_STATUSES, SagaStatus
 from sagaz.core.storage.base import LeaseLostError, SagaStorage
@@ -69,16 +69,13 @@ class _Entry:
                 self.status = status
 
     def to_record(self, *, with_history: bool) -> SagaRecord:
-        record = SagaRecord.from_new(self.new)
+        record = derive_change(SagaRecord.from_new(self.new), self.transitions).record
         record.context = dict(self.context)
         record.lease_owner = self.lease_owner
         record.lease_expires_at = self.lease_expires_at
         record.cancel_requested = self.cancel_requested
-        history = record.history
-        for seq, t in enumerate(self.transitions, 1):
-            apply_transition(record, t)
-            if with_history:
-                history.append(HistoryEntry(seq, t.at, t.kind, t.step, t.attempt, t.error))
+        if with_history:
+            record.history = history_entries(self.transitions, 1)
         return record
 
 
@@ -126,7 +123,7 @@ class InMemorySagaStorage(SagaStorage):
                 return existing, False
             self._keys[key] = new.saga_id
         entry = self._sagas[new.saga_id] = _Entry(new)
-        if new.status is SagaStatus.RUNNING:
+        if new.leased or new.status is SagaStatus.RUNNING:
             entry.lease_owner = self.owner_id
             entry.lease_expires_at = time.time() + self.lease_seconds
         if transitions:

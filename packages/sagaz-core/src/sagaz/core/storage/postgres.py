@@ -576,7 +576,7 @@ class _Gate:
 
 _URL_HELP: Final = (
     "use postgresql://user:password@host:5432/dbname, optionally with "
-    "?pool_min=1&pool_max=10&pool_timeout=30"
+    "?pool_min=1&pool_max=10&pool_timeout=5"
 )
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
@@ -622,7 +622,8 @@ class PostgresSagaStorage(SagaStorage):
 
     ``conninfo`` is a libpq URL or key/value string. The pool keeps between
     ``pool_min`` and ``pool_max`` connections; a call waits up to ``pool_timeout``
-    seconds for one (also the limit on connecting when opening). With
+    seconds for one (also the limit on connecting when opening): 5 s by default, so a
+    web request during a database outage gets a 503 within seconds instead of hanging. With
     ``migrate_on_open`` (the default) opening applies missing schema migrations;
     otherwise run ``sagaz migrate`` (:meth:`migrate`) before use.
 
@@ -645,7 +646,7 @@ class PostgresSagaStorage(SagaStorage):
         *,
         pool_min: int = 1,
         pool_max: int = 10,
-        pool_timeout: float = 30.0,
+        pool_timeout: float = 5.0,
         migrate_on_open: bool = True,
     ) -> None:
         super().__init__()
@@ -898,7 +899,9 @@ class PostgresSagaStorage(SagaStorage):
             # rare path): it sees a row committed after the insert's snapshot was taken.
             cur = await conn.execute(_SELECT_BY_KEY, (new.saga_name, new.idempotency_key))
             found = await cur.fetchone()
-            if found is not None:
+            # The key's saga being this very id means the id is reused: refused below, as
+            # on every backend (a repeated start brings a new id and the same key).
+            if found is not None and found[0] != new.saga_id:
                 return str(found[0]), False
         raise StorageError(
             f"saga id {new.saga_id!r} is already recorded (for another saga); give every new "

@@ -56,6 +56,7 @@ from sagaz.core.records import (
     derive_change,
     touched_steps,
 )
+from sagaz.core.records import to_json as _dumps
 from sagaz.core.status import TERMINAL_STATUSES, SagaStatus, StepStatus
 from sagaz.core.storage.base import LeaseLostError, SagaStorage
 
@@ -327,18 +328,6 @@ _Rows = list[tuple[Any, ...]]
 
 _BEGIN_WRITE: Final = "BEGIN IMMEDIATE"
 _BEGIN_READ: Final = "BEGIN"
-
-
-def _dumps(value: Any, what: str) -> str:
-    """``value`` as compact JSON, or a StorageError that names ``what``."""
-    try:
-        return json.dumps(value, separators=(",", ":"))
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise StorageError(
-            f"cannot store {what} as JSON ({exc}); durable storage records it as JSON, so "
-            "keep only str, int, float, bool, None, list and dict values (with str keys) "
-            "there, e.g. an id or an ISO-8601 string instead of an object"
-        ) from None
 
 
 def _result_json(saga_id: str, step: str, result: dict[str, Any] | None) -> str | None:

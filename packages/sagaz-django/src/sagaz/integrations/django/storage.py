@@ -8,10 +8,10 @@ MariaDB/MySQL.
 Threads and connections
 -----------------------
 The engine is async; the ORM is sync and must never run on an event loop thread. Every
-storage method therefore runs its ORM work in a thread through asgiref's
-``sync_to_async(..., thread_sensitive=False, executor=...)`` on a small thread pool owned
-by the storage (``max_threads``, default 8, re-created after a fork). Not thread-sensitive,
-because:
+storage method therefore runs its ORM work on a small thread pool owned by the storage
+(``max_threads``, default 8, re-created after a fork) with ``loop.run_in_executor`` in a
+copy of the caller's context: what asgiref's ``sync_to_async(..., thread_sensitive=False,
+executor=...)`` does, without its per-call wrappers. Not thread-sensitive, because:
 
 * thread-sensitive calls all run on one shared thread (or on the thread of the request
   that is blocked waiting for the portal, which would deadlock a sync view under ASGI), so
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import os
 import threading
@@ -47,7 +48,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
-from asgiref.sync import sync_to_async
 from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q
 
@@ -60,12 +60,17 @@ from sagaz.core.records import (
     OutboxStatus,
     SagaQuery,
     SagaRecord,
+    StepField,
     StepRecord,
     Transition,
     TransitionKind,
     TriggerEvent,
-    apply_transition,
+    completed_results,
+    derive_change,
+    history_entries,
+    touched_steps,
 )
+from sagaz.core.records import to_json as dumps
 from sagaz.core.status import TERMINAL_STATUSES, SagaStatus, StepStatus
 from sagaz.core.storage.base import LeaseLostError, SagaStorage
 
@@ -108,18 +113,6 @@ _STEP_UPDATE_FIELDS = [
     "compensation_attempts",
     "compensation_error",
 ]
-
-
-def dumps(value: Any, what: str) -> str:
-    """``value`` as compact JSON, or a :class:`StorageError` that names ``what``."""
-    try:
-        return json.dumps(value, separators=(",", ":"))
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise StorageError(
-            f"cannot store {what} as JSON ({exc}); durable storage records it as JSON, so "
-            "keep only str, int, float, bool, None, list and dict values (with str keys) "
-            "there, e.g. an id or an ISO-8601 string instead of an object"
-        ) from None
 
 
 def _loads(text: str | None) -> Any:
@@ -187,29 +180,61 @@ def _outbox_from_row(row: OutboxMessage) -> OutboxRecord:
 
 def _step_results(saga_id: str, transitions: Sequence[Transition]) -> dict[str, str | None]:
     """The JSON text of each result a STEP_COMPLETED in ``transitions`` records."""
-    results: dict[str, str | None] = {}
-    for t in transitions:
-        if t.kind is TransitionKind.STEP_COMPLETED and t.step is not None:
-            results[t.step] = (
-                None
-                if t.result is None
-                else dumps(t.result, f"the result of step {t.step!r} of saga {saga_id!r}")
-            )
-    return results
+    return {
+        name: None
+        if result is None
+        else dumps(result, f"the result of step {name!r} of saga {saga_id!r}")
+        for name, result in completed_results(transitions).items()
+    }
+
+
+def _step_row(saga_id: str, step: StepRecord, result: str | None) -> SagaStep:
+    """A step row to insert or upsert (``result``: its JSON text)."""
+    from sagaz.integrations.django.models import SagaStep
+
+    return SagaStep(
+        saga_id=saga_id,
+        name=step.name,
+        status=step.status.value,
+        attempts=step.attempts,
+        result=result,
+        error=step.error,
+        started_at=step.started_at,
+        finished_at=step.finished_at,
+        compensation_attempts=step.compensation_attempts,
+        compensation_error=step.compensation_error,
+    )
+
+
+def _history_rows(
+    saga_id: str, transitions: Sequence[Transition], first_seq: int
+) -> list[SagaHistoryEntry]:
+    """The history rows ``transitions`` append, numbered from ``first_seq``."""
+    from sagaz.integrations.django.models import SagaHistoryEntry
+
+    return [
+        SagaHistoryEntry(
+            saga_id=saga_id,
+            seq=h.seq,
+            at=h.at,
+            kind=h.kind.value,
+            step=h.step,
+            attempt=h.attempt,
+            error=h.error,
+        )
+        for h in history_entries(transitions, first_seq)
+    ]
 
 
 class _PreparedSaga:
     """A new saga with its transitions applied, serialised before the transaction."""
 
-    __slots__ = ("context", "history", "new", "record", "results")
+    __slots__ = ("change", "context", "history", "new", "results")
 
     def __init__(self, new: NewSaga, transitions: Sequence[Transition]) -> None:
         self.new = new
         self.context = dumps(new.context, f"the context of saga {new.saga_id!r}")
-        record = SagaRecord.from_new(new)
-        for t in transitions:
-            apply_transition(record, t)
-        self.record = record
+        self.change = derive_change(SagaRecord.from_new(new), transitions)
         self.results = _step_results(new.saga_id, transitions)
         self.history = list(transitions)
 
@@ -271,7 +296,10 @@ class DjangoSagaStorage(SagaStorage):
             finally:
                 conn.close_if_unusable_or_obsolete()
 
-        return await sync_to_async(unit, thread_sensitive=False, executor=self._pool())()
+        # The pool's thread runs ``unit`` in a copy of this context (as sync_to_async would,
+        # without its per-call wrapper objects: this runs for every storage call).
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool(), contextvars.copy_context().run, unit)
 
     def _conn(self) -> BaseDatabaseWrapper:
         return connections[self.alias]
@@ -371,7 +399,7 @@ class DjangoSagaStorage(SagaStorage):
         """Insert a saga (race-free on its idempotency key) with its steps and history."""
         from sagaz.integrations.django.models import SagaHistoryEntry, SagaInstance, SagaStep
 
-        new, record = prepared.new, prepared.record
+        new, record = prepared.new, prepared.change.record
         leased = (
             new.leased or new.status is SagaStatus.RUNNING
         ) and record.status not in TERMINAL_STATUSES
@@ -393,62 +421,39 @@ class DjangoSagaStorage(SagaStorage):
             trace_context=None if new.trace_context is None else json.dumps(new.trace_context),
         )
         sagas = SagaInstance.objects.using(self.alias)
-        if new.idempotency_key is None:
-            try:
+        duplicate_id = StorageError(
+            f"saga id {new.saga_id!r} is already recorded; give every new saga a fresh id "
+            "(uuid4) and pass an idempotency_key to make a start repeatable"
+        )
+        try:
+            # A savepoint, so a failed INSERT leaves the caller's transaction usable. A
+            # concurrent insert of the same key waits on the unique index for the other
+            # transaction, then fails here.
+            with transaction.atomic(using=self.alias):
                 sagas.bulk_create([row])
-            except IntegrityError:
-                raise StorageError(
-                    f"saga id {new.saga_id!r} is already recorded (for another saga); give "
-                    "every new saga a fresh id (uuid4) and pass an idempotency_key to make a "
-                    "start repeatable"
-                ) from None
-        else:
-            # INSERT ... ON CONFLICT DO NOTHING, then read who owns the key: a concurrent
-            # insert of the same key waits for the other transaction (unique index).
-            sagas.bulk_create([row], ignore_conflicts=True)
-            # (READ COMMITTED, Django's default on every backend: the read sees the commit.)
-            owners = sagas.filter(saga_name=new.saga_name, idempotency_key=new.idempotency_key)
+        except IntegrityError:
+            if new.idempotency_key is None:
+                raise duplicate_id from None
+            # READ COMMITTED (Django's default on every backend): the other's commit shows.
+            owners = sagas.filter(
+                saga_name=new.saga_name, idempotency_key=new.idempotency_key
+            ).order_by()
             existing = list(owners.values_list("saga_id", flat=True)[:1])
-            if not existing:
-                raise StorageError(
-                    f"saga id {new.saga_id!r} is already recorded (for another saga); give "
-                    "every new saga a fresh id (uuid4)"
-                )
-            if existing[0] != new.saga_id:
-                return existing[0], False
+            if not existing or existing[0] == new.saga_id:
+                # The id clashed, not the key (or this very saga was created before).
+                raise duplicate_id from None
+            return existing[0], False
         saga_id = new.saga_id
-        if record.steps:
+        if prepared.change.steps:
             SagaStep.objects.using(self.alias).bulk_create(
                 [
-                    SagaStep(
-                        saga_id=saga_id,
-                        name=step.name,
-                        status=step.status.value,
-                        attempts=step.attempts,
-                        result=prepared.results.get(step.name),
-                        error=step.error,
-                        started_at=step.started_at,
-                        finished_at=step.finished_at,
-                        compensation_attempts=step.compensation_attempts,
-                        compensation_error=step.compensation_error,
-                    )
-                    for step in record.steps.values()
+                    _step_row(saga_id, c.step, prepared.results.get(name))
+                    for name, c in prepared.change.steps.items()
                 ]
             )
         if prepared.history:
             SagaHistoryEntry.objects.using(self.alias).bulk_create(
-                [
-                    SagaHistoryEntry(
-                        saga_id=saga_id,
-                        seq=seq,
-                        at=t.at,
-                        kind=t.kind.value,
-                        step=t.step,
-                        attempt=t.attempt,
-                        error=t.error,
-                    )
-                    for seq, t in enumerate(prepared.history, start=1)
-                ]
+                _history_rows(saga_id, prepared.history, 1)
             )
         return saga_id, True
 
@@ -499,7 +504,9 @@ class DjangoSagaStorage(SagaStorage):
         """
         from sagaz.integrations.django.models import SagaInstance
 
-        sagas = SagaInstance.objects.using(self.alias).filter(saga_id=saga_id)
+        # order_by(): a lookup by the unique saga_id needs no ORDER BY (the model's default
+        # ordering costs SQL compilation on every write).
+        sagas = SagaInstance.objects.using(self.alias).filter(saga_id=saga_id).order_by()
         conn = self._conn()
         if conn.vendor == "sqlite":
             # A conditional UPDATE first: it fences and takes SQLite's write lock.
@@ -544,22 +551,19 @@ class DjangoSagaStorage(SagaStorage):
             failed_step=state["failed_step"],
             recoveries=state["recoveries"],
         )
-        names = list(
-            dict.fromkeys(
-                t.step for t in transitions if t.step is not None and t.step_status is not None
-            )
-        )
+        names = touched_steps(transitions)
         stored: dict[str, str | None] = {}
         if names:
-            for row in SagaStep.objects.using(self.alias).filter(saga_id=saga_id, name__in=names):
+            steps = SagaStep.objects.using(self.alias).filter(saga_id=saga_id, name__in=names)
+            for row in steps.order_by():
                 step = _step_from_row_raw(row)
                 record.steps[row.name] = step
                 stored[row.name] = row.result
-        for t in transitions:
-            apply_transition(record, t)
+        change = derive_change(record, transitions)
+        record = change.record
         last_seq: int = state["last_seq"]
         owner, expires = lease
-        if record.status in TERMINAL_STATUSES:
+        if change.finished:
             owner = expires = None
         fields: dict[str, Any] = {
             "status": record.status.value,
@@ -574,23 +578,15 @@ class DjangoSagaStorage(SagaStorage):
         if context is not None:
             fields["context"] = context
         SagaInstance.objects.using(self.alias).filter(saga_id=saga_id).update(**fields)
-        if names:
+        if change.steps:
             conn = self._conn()
             rows = [
-                SagaStep(
-                    saga_id=saga_id,
-                    name=name,
-                    status=step.status.value,
-                    attempts=step.attempts,
-                    result=results[name] if name in results else stored.get(name),
-                    error=step.error,
-                    started_at=step.started_at,
-                    finished_at=step.finished_at,
-                    compensation_attempts=step.compensation_attempts,
-                    compensation_error=step.compensation_error,
+                _step_row(
+                    saga_id,
+                    c.step,
+                    results[name] if c.fields & StepField.RESULT else stored.get(name),
                 )
-                for name in names
-                for step in (record.steps[name],)
+                for name, c in change.steps.items()
             ]
             SagaStep.objects.using(self.alias).bulk_create(
                 rows,
@@ -604,18 +600,7 @@ class DjangoSagaStorage(SagaStorage):
             )
         if transitions:
             SagaHistoryEntry.objects.using(self.alias).bulk_create(
-                [
-                    SagaHistoryEntry(
-                        saga_id=saga_id,
-                        seq=seq,
-                        at=t.at,
-                        kind=t.kind.value,
-                        step=t.step,
-                        attempt=t.attempt,
-                        error=t.error,
-                    )
-                    for seq, t in enumerate(transitions, start=last_seq + 1)
-                ]
+                _history_rows(saga_id, transitions, last_seq + 1)
             )
 
     async def record(
