@@ -158,6 +158,9 @@ def test_retry_and_cancel(monkeypatch: pytest.MonkeyPatch) -> None:
     assert saga_status(other) == "COMPENSATED"
     with pytest.raises(CommandError, match="at least one filter"):
         _out("sagaz_cancel")
+    # --correlation-id is a filter too.
+    nobody = _out("sagaz_cancel", "--correlation-id", "nobody", "--dry-run")
+    assert nobody.splitlines() == ["0 sagas would cancel (dry run)"]
     with pytest.raises(CommandError, match="dry-run"):
         _out("sagaz_cancel", other, "--dry-run")
     with pytest.raises(CommandError, match="no saga"):

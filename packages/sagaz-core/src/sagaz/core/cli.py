@@ -9,7 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -20,6 +20,9 @@ from sagaz.core.errors import ConfigurationError, SagaError
 from sagaz.core.records import SagaQuery, SagaRecord, iso
 from sagaz.core.saga import Saga
 from sagaz.core.status import SagaStatus
+
+if TYPE_CHECKING:
+    from sagaz.core.operations import Operation
 
 __all__ = ["DEFAULT_CLI_STORAGE_URL", "main"]
 
@@ -432,33 +435,9 @@ def migrate_command(ctx: click.Context) -> None:
 @click.option("--module", "-m", "modules", multiple=True, help=_MODULES_HELP)
 @_filters
 @click.pass_context
-def retry_command(
-    ctx: click.Context,
-    saga_id: str | None,
-    modules: tuple[str, ...],
-    statuses: tuple[str, ...],
-    saga_name: str | None,
-    since: str | None,
-    until: str | None,
-    limit: int,
-    dry_run: bool,
-) -> None:
+def retry_command(ctx: click.Context, /, saga_id: str | None, **options: Any) -> None:
     """Re-drive FAILED sagas: SAGA_ID, or every FAILED saga matching the filters."""
-    from sagaz.core.operations import bulk_retry, retry_saga
-
-    _import_modules(modules)
-    config = _config(ctx)
-    if saga_id is not None:
-        if dry_run:
-            raise click.UsageError("--dry-run goes with the filters, not with one SAGA_ID")
-        result = _run(lambda: retry_saga(saga_id, config))
-        click.echo(f"saga {saga_id}: {result.status.value}")
-        if result.error:
-            click.echo(f"  error: {result.error}")
-        return
-    query = _query(statuses, saga_name, since, until, limit)
-    outcome = _run(lambda: bulk_retry(query, config, dry_run=dry_run))
-    _print_bulk("retry", outcome)
+    _operate(ctx, "retry", saga_id, **options)
 
 
 @main.command("cancel")
@@ -466,9 +445,16 @@ def retry_command(
 @click.option("--module", "-m", "modules", multiple=True, help=_MODULES_HELP)
 @_filters
 @click.pass_context
-def cancel_command(
+def cancel_command(ctx: click.Context, /, saga_id: str | None, **options: Any) -> None:
+    """Cancel unfinished sagas (compensating what completed): SAGA_ID, or by filters."""
+    _operate(ctx, "cancel", saga_id, **options)
+
+
+def _operate(
     ctx: click.Context,
+    operation: Operation,
     saga_id: str | None,
+    *,
     modules: tuple[str, ...],
     statuses: tuple[str, ...],
     saga_name: str | None,
@@ -477,39 +463,20 @@ def cancel_command(
     limit: int,
     dry_run: bool,
 ) -> None:
-    """Cancel unfinished sagas (compensating what completed): SAGA_ID, or by filters."""
-    from sagaz.core.operations import bulk_cancel, cancel_saga
+    """The body of ``retry`` and ``cancel`` (see :func:`sagaz.core.operations.run_operation`)."""
+    from sagaz.core.operations import OperationUsageError, check_operation, run_operation
 
     _import_modules(modules)
     config = _config(ctx)
-    if saga_id is not None:
-        if dry_run:
-            raise click.UsageError("--dry-run goes with the filters, not with one SAGA_ID")
-        status = _run(lambda: cancel_saga(saga_id, config))
-        click.echo(f"saga {saga_id}: {status.value}")
-        return
-    if not (statuses or saga_name or since or until):
-        raise click.UsageError(
-            "give a SAGA_ID or at least one filter (--status, --name, --since, --until)"
-        )
-    query = _query(statuses, saga_name, since, until, limit)
-    outcome = _run(lambda: bulk_cancel(query, config, dry_run=dry_run))
-    _print_bulk("cancel", outcome)
-
-
-def _print_bulk(verb: str, outcome: Any) -> None:
-    if outcome.dry_run:
-        click.echo(f"{len(outcome.matched)} sagas would {verb} (dry run)")
-        for saga_id in outcome.matched:
-            click.echo(f"  {saga_id}")
-        return
-    for saga_id in outcome.matched:
-        if saga_id in outcome.errors:
-            click.echo(f"  {saga_id}: error: {outcome.errors[saga_id]}")
-        else:
-            click.echo(f"  {saga_id}: {outcome.statuses[saga_id].value}")
-    click.echo(f"{len(outcome.matched)} matched, {len(outcome.errors)} errors")
-    if outcome.errors:
+    query = None if saga_id is not None else _query(statuses, saga_name, since, until, limit)
+    try:
+        check_operation(operation, saga_id, query, dry_run=dry_run)
+    except OperationUsageError as exc:
+        raise click.UsageError(str(exc)) from None
+    report = _run(lambda: run_operation(operation, saga_id, query, config, dry_run=dry_run))
+    for line in report.lines:
+        click.echo(line)
+    if report.failed:
         raise click.exceptions.Exit(1)
 
 

@@ -7,6 +7,7 @@ every storage backend and from any process.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from sagaz.core.config import SagaConfig, get_config
 from sagaz.core.engine import SagaExecution
@@ -16,7 +17,21 @@ from sagaz.core.registry import registry
 from sagaz.core.result import SagaResult
 from sagaz.core.status import SagaStatus, StepStatus
 
-__all__ = ["BulkOutcome", "bulk_cancel", "bulk_retry", "cancel_saga", "retry_saga"]
+__all__ = [
+    "BulkOutcome",
+    "Operation",
+    "OperationReport",
+    "OperationUsageError",
+    "bulk_cancel",
+    "bulk_retry",
+    "cancel_saga",
+    "check_operation",
+    "retry_saga",
+    "run_operation",
+]
+
+#: What ``sagaz retry`` / ``sagaz cancel`` (and Django's ``sagaz_retry`` / ``sagaz_cancel``) do.
+Operation = Literal["retry", "cancel"]
 
 _UNDO_STATES = frozenset(
     {StepStatus.COMPENSATING, StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED}
@@ -142,3 +157,93 @@ async def bulk_cancel(
         except Exception as exc:
             outcome.errors[record.saga_id] = f"{type(exc).__name__}: {exc}"
     return outcome
+
+
+class OperationUsageError(ValueError):
+    """The arguments of a retry or cancel command do not go together (a usage error)."""
+
+
+@dataclass(slots=True)
+class OperationReport:
+    """What a retry or cancel command prints: ``lines``, and how many sagas ``failed``
+    (could not be retried or cancelled: the command then exits non-zero)."""
+
+    lines: list[str] = field(default_factory=list)
+    failed: int = 0
+
+
+def _filtered(query: SagaQuery) -> bool:
+    return bool(
+        query.statuses
+        or query.saga_name is not None
+        or query.correlation_id is not None
+        or query.created_after is not None
+        or query.created_before is not None
+    )
+
+
+def check_operation(
+    operation: Operation, saga_id: str | None, query: SagaQuery | None, *, dry_run: bool
+) -> None:
+    """Refuse arguments that do not go together, before anything runs.
+
+    One ``saga_id`` or a ``query`` (filters); ``dry_run`` only with the filters; a bulk
+    cancel needs at least one filter (cancelling every unfinished saga is never implied).
+    Raises :class:`OperationUsageError` with the fix.
+    """
+    if saga_id is not None:
+        if dry_run:
+            raise OperationUsageError("--dry-run goes with the filters, not with one SAGA_ID")
+        return
+    if query is None:
+        raise OperationUsageError(f"{operation}: give a SAGA_ID or the filters (a SagaQuery)")
+    if operation == "cancel" and not _filtered(query):
+        raise OperationUsageError(
+            "give a SAGA_ID or at least one filter (--status, --name, --since, --until)"
+        )
+
+
+async def run_operation(
+    operation: Operation,
+    saga_id: str | None,
+    query: SagaQuery | None,
+    config: SagaConfig | None = None,
+    *,
+    dry_run: bool = False,
+) -> OperationReport:
+    """Retry or cancel one saga (``saga_id``) or every saga ``query`` matches.
+
+    The shared body of the ``sagaz retry`` / ``sagaz cancel`` commands and of Django's
+    ``sagaz_retry`` / ``sagaz_cancel``: checks the arguments (:func:`check_operation`),
+    runs the operation and returns what to print. An error of the one-saga form
+    (unknown saga, not FAILED) is raised; in bulk, each saga's error is reported and
+    counted in :attr:`OperationReport.failed`.
+    """
+    check_operation(operation, saga_id, query, dry_run=dry_run)
+    report = OperationReport()
+    lines = report.lines
+    if saga_id is not None:
+        if operation == "retry":
+            result = await retry_saga(saga_id, config)
+            lines.append(f"saga {saga_id}: {result.status.value}")
+            if result.error:
+                lines.append(f"  error: {result.error}")
+        else:
+            lines.append(f"saga {saga_id}: {(await cancel_saga(saga_id, config)).value}")
+        return report
+    assert query is not None  # check_operation refuses neither an id nor a query
+    bulk = bulk_retry if operation == "retry" else bulk_cancel
+    outcome = await bulk(query, config, dry_run=dry_run)
+    if outcome.dry_run:
+        lines.append(f"{len(outcome.matched)} sagas would {operation} (dry run)")
+        lines.extend(f"  {saga_id}" for saga_id in outcome.matched)
+        return report
+    for matched in outcome.matched:
+        error = outcome.errors.get(matched)
+        if error is not None:
+            lines.append(f"  {matched}: error: {error}")
+        else:
+            lines.append(f"  {matched}: {outcome.statuses[matched].value}")
+    lines.append(f"{len(outcome.matched)} matched, {len(outcome.errors)} errors")
+    report.failed = len(outcome.errors)
+    return report

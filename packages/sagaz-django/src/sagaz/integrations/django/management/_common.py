@@ -6,17 +6,32 @@ import asyncio
 import importlib
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from django.core.management.base import CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from sagaz.core.config import SagaConfig
 from sagaz.core.errors import SagaError
+from sagaz.core.operations import (
+    Operation,
+    OperationReport,
+    OperationUsageError,
+    check_operation,
+    run_operation,
+)
 from sagaz.core.records import SagaQuery
 from sagaz.core.status import SagaStatus
 from sagaz.integrations.django.runtime import build_config
 
-__all__ = ["STATUSES", "add_filters", "import_modules", "parse_time", "query_from", "run"]
+__all__ = [
+    "STATUSES",
+    "OperationCommand",
+    "add_filters",
+    "import_modules",
+    "parse_time",
+    "query_from",
+    "run",
+]
 
 _T = TypeVar("_T")
 
@@ -106,3 +121,45 @@ def query_from(options: dict[str, object]) -> SagaQuery:
         created_before=parse_time(until if isinstance(until, str) else None, "--until"),
         limit=limit,
     )
+
+
+class OperationCommand(BaseCommand):
+    """The base of ``sagaz_retry`` and ``sagaz_cancel``: one SAGA_ID, or every saga the
+    filters match (``--dry-run`` lists them), run by
+    :func:`sagaz.core.operations.run_operation` as the ``sagaz`` CLI does."""
+
+    #: The operation of the command.
+    operation: ClassVar[Operation]
+    #: ``--dry-run``'s help: what would be done ("retried", "cancelled").
+    done: ClassVar[str]
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        """SAGA_ID or filters, ``--module``, ``--dry-run``."""
+        parser.add_argument("saga_id", nargs="?", help=f"The saga to {self.operation}.")
+        parser.add_argument(
+            "--module", "-m", action="append", default=[], help="Extra saga module."
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help=f"Only list what would be {self.done}."
+        )
+        add_filters(parser, limit=1000)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        """Check the arguments, run the operation, print its report."""
+        import_modules(options["module"])
+        saga_id: str | None = options["saga_id"]
+        dry_run: bool = options["dry_run"]
+        query = None if saga_id is not None else query_from(options)
+        try:
+            check_operation(self.operation, saga_id, query, dry_run=dry_run)
+        except OperationUsageError as exc:
+            raise CommandError(str(exc)) from None
+
+        async def operate(config: SagaConfig) -> OperationReport:
+            return await run_operation(self.operation, saga_id, query, config, dry_run=dry_run)
+
+        report = run(operate)
+        for line in report.lines:
+            self.stdout.write(line)
+        if report.failed:
+            raise CommandError(f"{report.failed} sagas could not {self.operation}")
