@@ -68,11 +68,54 @@ def run_sync(func: Callable[..., Awaitable[_T]], *args: Any) -> _T:
     return get_portal().call(func, *args)
 
 
+def _loop_thread_alive(portal: BlockingPortal | None) -> bool:
+    ident = getattr(portal, "_event_loop_thread_id", None)
+    if ident is None:  # pragma: no cover - an anyio without the attribute: assume alive
+        return portal is not None
+    return any(t.ident == ident and t.is_alive() for t in threading.enumerate())
+
+
 def shutdown_portal() -> None:
-    """Stop the background loop (tasks still running on it are cancelled)."""
+    """Stop the background loop (tasks still running on it are cancelled).
+
+    Also runs by itself when the interpreter shuts down (see :func:`_stop_at_exit`).
+    """
     global _portal, _portal_cm, _pid
     with _lock:
-        cm, _portal_cm, _portal = _portal_cm, None, None
+        cm, portal = _portal_cm, _portal
+        _portal_cm = _portal = None
         owner, _pid = _pid, None
-    if cm is not None and owner == os.getpid():
+    if cm is None or owner != os.getpid():
+        return
+    if _loop_thread_alive(portal):
         cm.__exit__(None, None, None)
+    else:
+        # Exiting would wait forever for the dead loop to answer: keep it unexited.
+        _inherited.append(cm)
+
+
+def _stop_at_exit() -> None:
+    """Stop this process's portal when the interpreter starts shutting down.
+
+    ``threading._register_atexit`` hooks run first in ``threading._shutdown``, newest
+    first. Registered at import, after ``concurrent.futures.thread`` (whose own hook
+    joins its worker threads, the portal's loop thread among them, which would wait
+    forever on a running loop), this one runs before that join; a plugin's hook
+    registered later (Flask drains its sagas) runs before this one.
+    """
+    shutdown_portal()
+
+
+def _register_exit_hook() -> None:
+    import concurrent.futures.thread  # noqa: F401 - registers its exit hook first
+
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:  # pragma: no cover - every supported Python has it
+        import atexit
+
+        atexit.register(_stop_at_exit)
+    else:
+        register(_stop_at_exit)
+
+
+_register_exit_hook()
