@@ -29,7 +29,7 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-SAGAZ = {"EXPOSE_CONTEXT": True}  # demo: show the saga context in status answers
+SAGAZ = {"WEBHOOKS": {"EXPOSE_CONTEXT": True}}  # demo: show the saga context in status answers
 
 
 def _database(url: str | None) -> dict[str, Any]:
@@ -38,7 +38,7 @@ def _database(url: str | None) -> dict[str, Any]:
         return {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": BASE_DIR / "db.sqlite3",
-            "OPTIONS": {"timeout": 30},
+            # WAL mode and a 30 s busy timeout come from the Sagaz app (see its README).
         }
     parts = urlsplit(url)
     if parts.scheme not in {"postgresql", "postgres"}:

@@ -9,9 +9,17 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 TESTS = Path(__file__).resolve().parent
 CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def with_webhooks(**options: Any) -> dict[str, Any]:
+    """The test project's ``SAGAZ`` with these ``WEBHOOKS`` options set (the rest kept)."""
+    from sagaz_django_testproject.settings import SAGAZ
+
+    return {**SAGAZ, "WEBHOOKS": {**SAGAZ["WEBHOOKS"], **options}}
 
 
 def answers(host: str, port: int) -> bool:

@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 from django.test import AsyncClient, Client, override_settings
+from sagaz_django_helpers import with_webhooks
 from sagaz_django_testproject.hooks import TOKEN
-from sagaz_django_testproject.settings import SAGAZ
 
 from sagaz.core.runner import get_runner
 from sagaz.core.web import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign_body, signature_headers
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 JSON = "application/json"
 ALLOWED = {"Authorization": TOKEN}
-GUARDED = {**SAGAZ, "AUTHORIZE": "sagaz_django_testproject.hooks.bearer_only"}
+GUARDED = with_webhooks(AUTHORIZE="sagaz_django_testproject.hooks.bearer_only")
 
 
 def order() -> str:
@@ -53,7 +53,7 @@ def test_the_hook_guards_the_sync_views(client: Client) -> None:
 
 @pytest.mark.parametrize("hook", ["bearer_only", "async_bearer_only"])
 async def test_the_hook_guards_the_async_views(async_client: AsyncClient, hook: str) -> None:
-    with override_settings(SAGAZ={**SAGAZ, "AUTHORIZE": f"sagaz_django_testproject.hooks.{hook}"}):
+    with override_settings(SAGAZ=with_webhooks(AUTHORIZE=f"sagaz_django_testproject.hooks.{hook}")):
         refused = await async_client.post("/sagaz/order_created", data=order(), content_type=JSON)
         assert refused.status_code == 403
         accepted = await async_client.post(
@@ -90,20 +90,18 @@ async def test_async_views_check_timestamped_signatures(async_client: AsyncClien
 
 
 def test_security_settings_are_validated() -> None:
-    bad = {
-        "AUTHORIZE": "no_such_module_xyz.hook",
-        "SIGNATURE_TOLERANCE": 0,
-        "LEGACY_SIGNATURES": "yes",
-    }
+    bad = with_webhooks(
+        AUTHORIZE="no_such_module_xyz.hook", SIGNATURE_TOLERANCE=0, LEGACY_SIGNATURES="yes"
+    )
     with override_settings(SAGAZ=bad):
         found = {m.obj: m.msg for m in checks.check_settings()}
-    assert "cannot be imported" in found["SAGAZ['AUTHORIZE']"]
-    assert "> 0" in found["SAGAZ['SIGNATURE_TOLERANCE']"]
-    assert "True or False" in found["SAGAZ['LEGACY_SIGNATURES']"]
-    with override_settings(SAGAZ={"AUTHORIZE": 42}):
+    assert "cannot be imported" in found["SAGAZ['WEBHOOKS']['AUTHORIZE']"]
+    assert "> 0" in found["SAGAZ['WEBHOOKS']['SIGNATURE_TOLERANCE']"]
+    assert "True or False" in found["SAGAZ['WEBHOOKS']['LEGACY_SIGNATURES']"]
+    with override_settings(SAGAZ={"WEBHOOKS": {"AUTHORIZE": 42}}):
         found = {m.obj: m.msg for m in checks.check_settings()}
-    assert "must be a function" in found["SAGAZ['AUTHORIZE']"]
-    with override_settings(SAGAZ={**SAGAZ, "SIGNATURE_TOLERANCE": 60, "LEGACY_SIGNATURES": True}):
+    assert "must be a function" in found["SAGAZ['WEBHOOKS']['AUTHORIZE']"]
+    with override_settings(SAGAZ=with_webhooks(SIGNATURE_TOLERANCE=60, LEGACY_SIGNATURES=True)):
         values = get_settings()
         assert values.signature_tolerance == 60.0
         assert values.legacy_signatures is True
@@ -111,7 +109,7 @@ def test_security_settings_are_validated() -> None:
         assert values.webhook_settings().legacy_signatures is True
 
 
-@override_settings(SAGAZ={**SAGAZ, "LEGACY_SIGNATURES": True})
+@override_settings(SAGAZ=with_webhooks(LEGACY_SIGNATURES=True))
 def test_legacy_signatures_when_enabled(client: Client) -> None:
     body = order().encode()
     response = client.post(

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 from django.test import AsyncClient, Client, override_settings
 from django.urls import resolve
-from sagaz_django_helpers import wait_finished
-from sagaz_django_testproject.settings import SAGAZ
+from sagaz_django_helpers import wait_finished, with_webhooks
 
 from sagaz.core.runner import get_runner
 from sagaz.core.web import SIGNATURE_HEADER, signature_headers
@@ -162,7 +161,7 @@ def test_correlation_ids(client: Client) -> None:
     assert other["X-Correlation-ID"] == "admin-1"
 
 
-@override_settings(SAGAZ={**SAGAZ, "RUN_IN_PROCESS": False, "EXPOSE_CONTEXT": False})
+@override_settings(SAGAZ={**with_webhooks(EXPOSE_CONTEXT=False), "RUN_IN_PROCESS": False})
 def test_not_run_in_process_and_context_hidden(client: Client) -> None:
     response = _post(client, "ping", {"n": str(uuid.uuid4())})
     saga_id = response.json()["saga_ids"][0]

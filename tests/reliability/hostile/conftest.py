@@ -169,8 +169,7 @@ def _configure_django(folder: Path) -> None:
             "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(folder / "db.sqlite3")}
         },
         SAGAZ={
-            "WEBHOOK_SECRETS": {corpus.SIGNED: corpus.SECRET},
-            "MAX_BODY_BYTES": corpus.LIMIT,
+            "WEBHOOKS": {"SECRETS": {corpus.SIGNED: corpus.SECRET}, "MAX_BODY_BYTES": corpus.LIMIT},
             "RUN_IN_PROCESS": False,
         },
     )

@@ -1,4 +1,4 @@
-"""Authorisation hooks the security tests name in ``SAGAZ["AUTHORIZE"]``."""
+"""Authorisation hooks the security tests name in ``SAGAZ["WEBHOOKS"]["AUTHORIZE"]``."""
 
 from __future__ import annotations
 

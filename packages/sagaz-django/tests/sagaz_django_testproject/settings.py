@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover
 TEST_DB_NAME = os.environ.get("SAGAZ_TEST_DB_NAME") or (
     os.path.join(tempfile.gettempdir(), f"sagaz_django_test_{_SUFFIX}_{os.getpid()}.sqlite3")
     if KIND == "sqlite"
-    else f"test_sagaz_django_{_SUFFIX}"
+    else f"test_sagaz_django_{_SUFFIX}_{os.getpid()}"  # concurrent runs do not clobber it
 )
 IN_SUBPROCESS = bool(os.environ.get("SAGAZ_TEST_DB_NAME"))
 
@@ -110,9 +110,11 @@ TEMPLATES = [
 ]
 SAGAZ = {
     "RUN_IN_PROCESS": os.environ.get("SAGAZ_TEST_RUN_IN_PROCESS", "1") == "1",
-    "WEBHOOK_SECRETS": {"signed_order": "s3cret"},
-    "MAX_BODY_BYTES": 4096,
-    "EXPOSE_CONTEXT": True,
+    "WEBHOOKS": {
+        "SECRETS": {"signed_order": "s3cret"},
+        "MAX_BODY_BYTES": 4096,
+        "EXPOSE_CONTEXT": True,
+    },
     "OUTBOX": True,
     "LEASE_SECONDS": 5.0,
 }

@@ -7,12 +7,12 @@ async one when the request is handled on an event loop (ASGI) and the sync one o
 through the per-process portal loop (:func:`sagaz.core.portal.run_sync`), never a new
 event loop per request.
 
-Bodies larger than ``SAGAZ["MAX_BODY_BYTES"]`` are refused with 413 from their declared
+Bodies larger than ``SAGAZ["WEBHOOKS"]["MAX_BODY_BYTES"]`` are refused with 413 from their declared
 ``Content-Length`` before anything is read; a body without one is read up to one byte
 past the limit, never whole. (Under ASGI Django itself receives the body before the view
 runs, spooling a large one to a temporary file.)
 
-``SAGAZ["AUTHORIZE"]``, when set, is called with the request before the webhook, status
+``SAGAZ["WEBHOOKS"]["AUTHORIZE"]``, when set, is called with the request before the webhook, status
 and diagram views do anything (not before ``health``): False refuses with a 403 JSON
 body. An ``async def`` hook is awaited in the async views; a plain one runs in a thread
 there (it may use the ORM).
