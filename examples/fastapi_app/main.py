@@ -13,11 +13,11 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import BackgroundTasks, Depends, FastAPI
+from fastapi import BackgroundTasks, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from sagaz.core import RetryPolicy, Saga, SagaConfig, action, compensate, to_mermaid, trigger
+from sagaz.core import RetryPolicy, Saga, SagaConfig, action, compensate, trigger
 from sagaz.core.web import WebhookService, WebhookSettings
 from sagaz.integrations.fastapi import (
     SagaContextMiddleware,
@@ -25,6 +25,7 @@ from sagaz.integrations.fastapi import (
     create_webhook_router,
     get_config,
     run_saga_background,
+    saga_diagram_response,
     saga_factory,
 )
 
@@ -121,19 +122,11 @@ async def create_order(
 
 
 @app.get("/orders/{order_id}/diagram")
-async def order_diagram(order_id: str, config: Config, saga_id: str | None = None) -> Any:
+async def order_diagram(
+    order_id: str, request: Request, saga_id: str | None = None
+) -> JSONResponse:
     """The saga's Mermaid diagram; with ?saga_id=... coloured by that execution."""
-    saga = OrderSaga(config=config)
-    body: dict[str, Any] = {"order_id": order_id, "saga_name": saga.name}
-    record = None
-    if saga_id is not None:
-        await config.storage.ensure_open()
-        record = await config.storage.load(saga_id)
-        if record is None:
-            return JSONResponse({"error": "not_found", "detail": f"no saga {saga_id!r}"}, 404)
-        body.update(saga_id=saga_id, state=record.status.value)
-    body["mermaid"] = to_mermaid(saga, record)
-    return body
+    return await saga_diagram_response(request, OrderSaga, saga_id, order_id=order_id)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from django.db import connection, transaction
 from django.http import HttpRequest, JsonResponse
@@ -10,7 +11,8 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from sagaz.core import to_mermaid
-from sagaz.integrations.django import atomic_saga_start
+from sagaz.integrations.django import atomic_saga_start, load_saga, saga_diagram
+from sagaz.integrations.django.middleware import request_correlation_id
 
 from .sagas import OrderSaga
 
@@ -54,6 +56,24 @@ def create_order(request: HttpRequest) -> JsonResponse:
 
 @require_GET
 def order_diagram(request: HttpRequest, order_id: str) -> JsonResponse:
-    """The order saga's Mermaid diagram (an execution's: ``/webhooks/status/<id>/diagram``)."""
-    saga = OrderSaga()
-    return JsonResponse({"order_id": order_id, "saga_name": saga.name, "mermaid": to_mermaid(saga)})
+    """The order saga's Mermaid diagram; with ``?saga_id=...`` coloured by that execution.
+
+    A sync view: ``load_saga`` and ``saga_diagram`` read the saga through the Sagaz app's
+    background loop, never an event loop of their own.
+    """
+    body: dict[str, Any] = {"order_id": order_id, "saga_name": OrderSaga.saga_name}
+    saga_id = request.GET.get("saga_id")
+    if saga_id is None:
+        return JsonResponse({**body, "mermaid": to_mermaid(OrderSaga())})
+    record = load_saga(saga_id)
+    if record is None or record.saga_name != OrderSaga.saga_name:
+        return JsonResponse(
+            {
+                "error": "not_found",
+                "detail": f"no order saga with id {saga_id!r}",
+                "correlation_id": request_correlation_id(request),
+            },
+            status=404,
+        )
+    body.update(saga_id=record.saga_id, state=record.status.value, mermaid=saga_diagram(record))
+    return JsonResponse(body)
