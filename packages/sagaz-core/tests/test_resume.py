@@ -33,6 +33,9 @@ from sagaz.core import (
     SagaWorker,
     StepStatus,
     UnknownSagaError,
+    action,
+    cancel_saga,
+    fire_event,
     get_runner,
     import_saga_modules,
     recover_unfinished,
@@ -40,6 +43,7 @@ from sagaz.core import (
     resume_saga,
     start_saga,
     storage_from_url,
+    trigger,
 )
 from sagaz.core.records import NewSaga
 
@@ -106,6 +110,156 @@ async def test_start_saga_runs_in_the_background(any_storage: SagaStorage) -> No
     assert record is not None
     assert record.status is SagaStatus.COMPLETED
     assert record.context == {"n": 10, "a": 11, "b": 12}
+
+
+def count_calls(storage: SagaStorage, *names: str) -> dict[str, int]:
+    """Count the calls of ``storage``'s methods ``names`` (they still run for real)."""
+    counts = dict.fromkeys(names, 0)
+    for name in names:
+        real = getattr(storage, name)
+
+        def counted(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            counts[_name] += 1
+            return _real(*args, **kwargs)
+
+        setattr(storage, name, counted)
+    return counts
+
+
+async def test_a_saga_started_to_run_here_is_created_leased_and_never_claimed(
+    any_storage: SagaStorage,
+) -> None:
+    config = fast_config(any_storage)
+    calls: list[str] = []
+    saga = journal_saga("res-leased-start", config, calls)
+    counts = count_calls(any_storage, "claim", "load", "create_saga", "record")
+
+    saga_id, created = await start_saga(saga, {"n": 1}, idempotency_key="once")
+    assert created
+    assert counts == {"claim": 0, "load": 0, "create_saga": 1, "record": 0}
+    # Leased to this process by the write that created it (no claim was made).
+    record = await any_storage.load(saga_id)
+    assert record is not None
+    assert record.lease_owner == any_storage.owner_id
+    assert record.lease_expires_at is not None
+    await get_runner().drain()
+    # A duplicate start neither runs nor leases anything.
+    assert await start_saga(saga, {"n": 2}, idempotency_key="once") == (saga_id, False)
+    assert len(get_runner()) == 0
+
+    assert calls == ["a", "b"]
+    assert counts["claim"] == 0
+    assert counts["load"] == 1  # the test's own read above
+    done = await any_storage.load(saga_id)
+    assert done is not None
+    assert done.status is SagaStatus.COMPLETED
+    assert done.context == {"n": 1, "a": 2, "b": 3}
+    assert done.lease_owner is None
+    assert [h.kind.value for h in done.history][:2] == ["saga_started", "step_started"]
+
+
+async def test_a_cancel_before_the_run_begins_is_honoured_by_that_run(
+    memory_storage: SagaStorage,
+) -> None:
+    # Cancelled between its creation and the start of its run (in memory nothing awaits
+    # in between, so the run has not begun): the submitted run compensates it before any
+    # step runs, and cancel_saga does not claim and run it a second time.
+    any_storage = memory_storage
+    config = fast_config(any_storage)
+    calls: list[str] = []
+    saga = journal_saga("res-leased-cancel", config, calls)
+    saga_id, _ = await start_saga(saga, {"n": 1})
+    assert await cancel_saga(saga_id, config) is SagaStatus.PENDING  # left to the run
+    await get_runner().drain()
+    assert calls == []
+    record = await any_storage.load(saga_id)
+    assert record is not None
+    assert record.status is SagaStatus.COMPENSATED
+    assert saga_id not in any_storage.running_here
+
+
+async def test_submit_created_refuses_a_saga_that_was_not_created_leased(
+    config: SagaConfig,
+) -> None:
+    saga = journal_saga("res-not-leased", config, [])
+    with pytest.raises(ValueError, match="leased=True"):
+        get_runner().submit_created(saga, NewSaga("nl-1", saga.name, {}))
+    assert len(get_runner()) == 0
+
+
+class LeasedOrderSaga(Saga):
+    saga_name = "res-leased-order"
+
+    @action("reserve")
+    async def reserve(self, ctx: dict[str, Any]) -> dict[str, Any]:
+        return {"reserved": ctx["order_id"]}
+
+    @trigger(source="res-leased-order-placed", idempotency_key="order_id")
+    def on_order(self, event: dict[str, Any]) -> dict[str, Any]:
+        return {"order_id": event["order_id"]}
+
+
+async def test_a_fired_event_runs_its_sagas_without_claiming_them(any_storage: SagaStorage) -> None:
+    config = fast_config(any_storage)
+    counts = count_calls(any_storage, "claim", "record_trigger_event")
+    source = "res-leased-order-placed"
+    fired = await fire_event(source, {"order_id": "L1"}, config=config, wait=True)
+    assert counts == {"claim": 0, "record_trigger_event": 1}
+    (saga_id,) = fired.saga_ids
+    record = await any_storage.load(saga_id)
+    assert record is not None
+    assert record.status is SagaStatus.COMPLETED
+    assert record.lease_owner is None
+    assert record.context == {"order_id": "L1", "reserved": "L1"}
+    again = await fire_event(source, {"order_id": "L1"}, config=config)
+    assert again.duplicate
+    assert len(get_runner()) == 0
+    assert counts["claim"] == 0
+
+
+async def test_a_started_saga_whose_creator_died_is_taken_over_by_a_worker(
+    sqlite_url: str,
+) -> None:
+    calls: list[str] = []
+    saga = journal_saga("res-leased-dead", fast_config(), calls)
+    dead = fast_config(storage_from_url(sqlite_url), lease_seconds=0.5)  # the creator
+    alive = fast_config(storage_from_url(sqlite_url), lease_seconds=0.5)  # a worker
+    try:
+        saga_id, created = await start_saga(saga.with_config(dead), {"n": 7})
+        assert created
+        # The creator "dies" before its run begins: the task is cancelled unstarted, so
+        # nothing is recorded and no lease is released: only its expiry frees the saga.
+        await get_runner().shutdown()
+        record = await alive.storage.load(saga_id)
+        assert record is not None
+        assert record.status is SagaStatus.PENDING
+        assert record.history == []
+        assert record.lease_owner == dead.storage.owner_id
+        assert record.lease_expires_at is not None
+        assert calls == []
+        assert await alive.storage.claim(saga_id) is None  # a live lease
+
+        worker = SagaWorker(alive, poll_interval=0.05, grace_period=1.0)
+        running = asyncio.create_task(worker.run())
+        deadline = time.monotonic() + 10
+        while (await alive.storage.load(saga_id)).status is not SagaStatus.COMPLETED:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the worker never took the saga over"
+            await asyncio.sleep(0.02)
+        finished = time.time()
+        worker.stop()
+        stats = await running
+
+        assert finished >= record.lease_expires_at  # not before the lease ran out
+        assert stats.claimed == 1
+        assert stats.completed == 1
+        assert calls == ["a", "b"]
+        final = await alive.storage.load(saga_id)
+        assert final is not None
+        assert final.context == {"n": 7, "a": 8, "b": 9}
+        assert final.lease_owner is None
+    finally:
+        await dead.storage.close()
+        await alive.storage.close()
 
 
 async def test_start_saga_with_a_known_key_returns_the_first_saga(config: SagaConfig) -> None:

@@ -94,11 +94,14 @@ def test_retry_and_cancel_actions(admin_client: Client, sagas: dict[str, str]) -
     text = " | ".join(str(m) for m in response.context["messages"])
     assert f"retry saga {sagas['failed']}: FAILED" in text  # the refund still fails
     assert "only FAILED sagas can be retried" in text
-    with override_settings(SAGAZ={**SAGAZ, "RUN_IN_PROCESS": False}), transaction.atomic():
-        pending = atomic_saga_start(OrderSaga, {"order_id": "p", "amount": 1})
-    response = admin_client.post(
-        URL, {"action": "cancel_sagas", "_selected_action": _pks(pending)}, follow=True
-    )
+    # Left to a worker (none runs): with RUN_IN_PROCESS on, this process's recovery
+    # sweep would claim and run the PENDING saga before the admin cancels it.
+    with override_settings(SAGAZ={**SAGAZ, "RUN_IN_PROCESS": False}):
+        with transaction.atomic():
+            pending = atomic_saga_start(OrderSaga, {"order_id": "p", "amount": 1})
+        response = admin_client.post(
+            URL, {"action": "cancel_sagas", "_selected_action": _pks(pending)}, follow=True
+        )
     assert f"cancel saga {pending}: COMPENSATED" in [str(m) for m in response.context["messages"]]
     assert saga_status(pending) == "COMPENSATED"
 

@@ -26,6 +26,7 @@ from sagaz.core.config import (  # noqa: E402
 from sagaz.core.context import (  # noqa: E402
     CORRELATION_ID_HEADER,
     SagaContextManager,
+    check_correlation_id,
     correlation_id_from_header,
     current_correlation_id,
     generate_correlation_id,
@@ -75,6 +76,7 @@ from sagaz.core.records import (  # noqa: E402
     TransitionKind,
     TriggerEvent,
 )
+from sagaz.core.recovery import RecoverySweep  # noqa: E402
 from sagaz.core.registry import import_saga_modules, registry  # noqa: E402
 from sagaz.core.result import SagaResult  # noqa: E402
 from sagaz.core.retry import RetryPolicy  # noqa: E402
@@ -113,6 +115,7 @@ __all__ = [
     "OutboxRecord",
     "OutboxRelay",
     "OutboxStatus",
+    "RecoverySweep",
     "RetryPolicy",
     "Saga",
     "SagaCancelledError",
@@ -149,6 +152,7 @@ __all__ = [
     "bulk_cancel",
     "bulk_retry",
     "cancel_saga",
+    "check_correlation_id",
     "compensate",
     "configure",
     "correlation_id_from_header",

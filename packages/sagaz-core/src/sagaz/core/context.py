@@ -17,8 +17,11 @@ from typing import Any, ClassVar
 
 __all__ = [
     "CORRELATION_ID_HEADER",
+    "MAX_CORRELATION_ID_LENGTH",
     "SagaContextManager",
+    "check_correlation_id",
     "correlation_id_from_header",
+    "correlation_id_problem",
     "current_correlation_id",
     "generate_correlation_id",
     "is_valid_correlation_id",
@@ -28,6 +31,10 @@ __all__ = [
 CORRELATION_ID_HEADER = "X-Correlation-ID"
 
 _VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_VALID_CHAR = re.compile(r"[A-Za-z0-9._:-]")
+#: The longest correlation id accepted.
+MAX_CORRELATION_ID_LENGTH = 128
+_RULE = f"at most {MAX_CORRELATION_ID_LENGTH} characters of A-Z a-z 0-9 . _ : -"
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -77,6 +84,36 @@ def generate_correlation_id() -> str:
 def is_valid_correlation_id(value: object) -> bool:
     """True for at most 128 characters of ``[A-Za-z0-9._:-]`` (safe in logs and headers)."""
     return isinstance(value, str) and _VALID_ID.fullmatch(value) is not None
+
+
+def correlation_id_problem(value: object) -> str | None:
+    """Why ``value`` is not a valid correlation id (see :func:`is_valid_correlation_id`),
+    or None when it is one."""
+    if not isinstance(value, str):
+        return f"it is of type {type(value).__name__}, not str"
+    if not value:
+        return "it is empty"
+    if len(value) > MAX_CORRELATION_ID_LENGTH:
+        return f"it is {len(value)} characters long, more than {MAX_CORRELATION_ID_LENGTH}"
+    bad = sorted({char for char in value if not _VALID_CHAR.fullmatch(char)})
+    if bad:
+        shown = " ".join(repr(char) for char in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        return f"it contains characters that are not allowed: {shown}"
+    return None
+
+
+def check_correlation_id(value: object, what: str = "correlation_id") -> str:
+    """``value`` when it is a valid correlation id; else :class:`ValueError` naming the
+    problem (``what`` names the argument in the message)."""
+    problem = correlation_id_problem(value)
+    if problem is None and isinstance(value, str):
+        return value
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    raise ValueError(
+        f"{what} {shown} is not a valid correlation id: {problem}; use {_RULE} "
+        "(the rule of the X-Correlation-ID header), or leave it out to use the current "
+        "request's id or a new one"
+    )
 
 
 def correlation_id_from_header(value: str | None) -> str:

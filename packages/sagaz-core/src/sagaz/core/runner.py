@@ -18,7 +18,7 @@ from sagaz.core.config import SagaConfig, get_config
 from sagaz.core.context import current_correlation_id
 from sagaz.core.engine import check_json
 from sagaz.core.errors import SagaNotFoundError
-from sagaz.core.records import NewSaga, SagaQuery
+from sagaz.core.records import NewSaga, SagaQuery, SagaRecord
 from sagaz.core.registry import registry
 from sagaz.core.result import SagaResult
 from sagaz.core.status import SagaStatus
@@ -49,17 +49,65 @@ class InProcessRunner:
     def submit(self, saga: Saga, saga_id: str) -> asyncio.Task[SagaResult]:
         """Run the recorded saga ``saga_id`` with ``saga``'s definition in the background.
 
-        Submitting a saga that is already running here returns its running task.
+        The saga is claimed (leased to this process) and loaded first, as
+        :meth:`~sagaz.core.Saga.resume` does. Submitting a saga that is already running
+        here returns its running task.
         """
+        return self._start(saga, saga_id, None)
+
+    def submit_created(self, saga: Saga, new: NewSaga) -> asyncio.Task[SagaResult]:
+        """Run a saga this process has just created with ``new.leased`` (so it holds the
+        lease already) from ``new`` itself: no claim, no load.
+
+        Only for a saga the storage reported as created (``created=True``); a duplicate
+        was not leased to this process and must be left alone.
+        """
+        if not new.leased:
+            raise ValueError(
+                f"submit_created() needs a saga created with NewSaga(leased=True); saga "
+                f"{new.saga_id!r} was not, so submit(saga, saga_id) must claim it first"
+            )
+        record = SagaRecord.from_new(new)
+        record.lease_owner = saga.config.storage.owner_id
+        return self._start(saga, new.saga_id, record)
+
+    def submit_claimed(self, saga: Saga, record: SagaRecord) -> asyncio.Task[SagaResult]:
+        """Run a saga whose lease this process already holds (``record`` from
+        :meth:`~sagaz.core.SagaStorage.claim` or ``claim_runnable``) in the background.
+
+        The recovery sweep (:class:`~sagaz.core.recovery.RecoverySweep`) submits what it
+        claims this way. A saga already running here keeps its running task.
+        """
+        return self._start(saga, record.saga_id, record)
+
+    def _start(
+        self, saga: Saga, saga_id: str, record: SagaRecord | None
+    ) -> asyncio.Task[SagaResult]:
         running = self._by_id.get(saga_id)
         if running is not None and not running.done():
             return running
-        task = asyncio.get_running_loop().create_task(
-            saga.resume(saga_id), name=f"sagaz:{saga.name}:{saga_id}"
-        )
+        if record is None:
+            coro = saga.resume(saga_id)
+        else:
+            # Running here from now on, not only once the task starts: an operation of
+            # this process meanwhile (cancel_saga) must leave it to this run (the engine
+            # sees a cancel request in the answer to its first write) instead of
+            # claiming and running it a second time.
+            saga.config.storage.running_here.add(saga_id)
+            coro = saga.run_claimed(record)
+        task = asyncio.get_running_loop().create_task(coro, name=f"sagaz:{saga.name}:{saga_id}")
         self._tasks.add(task)
         self._by_id[saga_id] = task
-        task.add_done_callback(lambda t: self._done(t, saga_id))
+        if record is None:
+            task.add_done_callback(lambda t: self._done(t, saga_id))
+        else:
+            storage = saga.config.storage
+
+            def done(t: asyncio.Task[SagaResult]) -> None:
+                storage.running_here.discard(saga_id)  # also when cancelled unstarted
+                self._done(t, saga_id)
+
+            task.add_done_callback(done)
         return task
 
     def _done(self, task: asyncio.Task[SagaResult], saga_id: str) -> None:
@@ -115,8 +163,12 @@ async def start_saga(
     """Record ``saga`` as PENDING and return ``(saga_id, created)`` without waiting.
 
     The saga is durable once this returns. With ``run=True`` (default) it is also
-    submitted to this loop's :class:`InProcessRunner`; otherwise a worker runs it.
-    A known ``idempotency_key`` returns the existing saga's id and ``created=False``.
+    submitted to this loop's :class:`InProcessRunner`; it is then recorded already
+    leased to this process (one write, no separate claim): if the process dies first,
+    a worker takes it over when the lease expires. With ``run=False`` it is recorded
+    unowned and a worker (or :func:`resume_saga`) runs it. A known
+    ``idempotency_key`` returns the existing saga's id and ``created=False`` (and
+    neither runs nor leases it).
     """
     config = saga.config
     storage = config.storage
@@ -131,10 +183,11 @@ async def start_saga(
         SagaStatus.PENDING,
         correlation_id if correlation_id is not None else current_correlation_id(),
         idempotency_key,
+        leased=run,
     )
     saga_id, created = await storage.create_saga(new)
     if created and run:
-        get_runner().submit(saga, saga_id)
+        get_runner().submit_created(saga, new)
     return saga_id, created
 
 
@@ -153,9 +206,11 @@ async def recover_unfinished(config: SagaConfig | None = None, *, limit: int = 1
     """Submit every unfinished saga (PENDING, RUNNING, COMPENSATING) whose definition is
     registered in this process to this loop's runner; return their ids.
 
-    For a single process that owns its storage (start-up of a one-process app). With
-    several processes on one database, run ``sagaz worker`` instead: it claims sagas
-    with leases so no saga runs twice at once.
+    A one-shot pass: sagas still leased to another owner (a process that crashed a
+    moment ago) are skipped. The web plugins run a
+    :class:`~sagaz.core.recovery.RecoverySweep` instead, which also takes those over
+    once their lease expires. With several processes on one database, run ``sagaz
+    worker``: it claims sagas with leases so no saga runs twice at once.
     """
     config = config or get_config()
     storage = config.storage

@@ -23,7 +23,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sagaz.core.config import SagaConfig, get_config
-from sagaz.core.context import current_correlation_id, generate_correlation_id
+from sagaz.core.context import (
+    check_correlation_id,
+    current_correlation_id,
+    generate_correlation_id,
+)
 from sagaz.core.engine import check_json
 from sagaz.core.errors import ContextNotSerializableError, TriggerPayloadError, UnknownSourceError
 from sagaz.core.records import NewSaga, TriggerEvent
@@ -109,11 +113,17 @@ async def fire_event(
 ) -> FireResult:
     """Record an event at ``source`` and start the sagas whose triggers accept it.
 
-    Raises :class:`UnknownSourceError` when nothing listens to ``source`` and
-    :class:`TriggerPayloadError` (naming the field) for a payload a trigger cannot use;
-    in both cases nothing is recorded. With ``run=True`` new sagas run in this
-    process; ``wait=True`` also waits for them to finish.
+    Raises :class:`UnknownSourceError` when nothing listens to ``source``,
+    :class:`TriggerPayloadError` (naming the field) for a payload a trigger cannot use,
+    and :class:`ValueError` (naming the problem) for a ``correlation_id`` that breaks
+    the ``X-Correlation-ID`` rule (at most 128 characters of ``[A-Za-z0-9._:-]``); in
+    each case nothing is recorded. Without ``correlation_id`` the current request
+    scope's id is used, else a new one. With ``run=True`` new sagas run in this
+    process (recorded already leased to it: no claim is needed, and a worker takes
+    them over if it dies); ``wait=True`` also waits for them to finish.
     """
+    if correlation_id is not None:
+        check_correlation_id(correlation_id, "fire_event(correlation_id=...):")
     reg = saga_registry or registry
     bindings = reg.triggers_for(source)
     if not bindings:
@@ -160,7 +170,13 @@ async def fire_event(
         if storage.durable:
             check_json(context, f"initial context from trigger {binding.method_name!r}")
         new = NewSaga(
-            str(uuid.uuid4()), saga.name, dict(context), SagaStatus.PENDING, correlation_id, key
+            str(uuid.uuid4()),
+            saga.name,
+            dict(context),
+            SagaStatus.PENDING,
+            correlation_id,
+            key,
+            leased=run,  # run here: leased in the same write, no separate claim
         )
         starts.append((saga, new))
     event = TriggerEvent(str(uuid.uuid4()), source, dict(payload), correlation_id)
@@ -168,11 +184,11 @@ async def fire_event(
     outcomes = await storage.record_trigger_event(event, [new for _, new in starts])
     result = FireResult(event.event_id, source, correlation_id)
     tasks = []
-    for (saga, _), (saga_id, created) in zip(starts, outcomes, strict=True):
+    for (saga, new), (saga_id, created) in zip(starts, outcomes, strict=True):
         result.saga_ids.append(saga_id)
         result.created.append(created)
         if created and run:
-            tasks.append(get_runner().submit(saga, saga_id))
+            tasks.append(get_runner().submit_created(saga, new))
     if wait and tasks:
         for task in tasks:
             await task

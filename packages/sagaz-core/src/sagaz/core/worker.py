@@ -27,6 +27,7 @@ from sagaz.core.storage.base import LeaseLostError
 
 if TYPE_CHECKING:
     from sagaz.core.outbox import OutboxRelay
+    from sagaz.core.runner import InProcessRunner
 
 __all__ = ["SagaWorker", "WorkerStats"]
 
@@ -59,6 +60,12 @@ class SagaWorker:
     their modules first) are claimed; unfinished sagas of unknown names are left
     untouched and reported once each as an error naming them. ``relay`` (an
     :class:`~sagaz.core.outbox.OutboxRelay`) is run alongside when given.
+
+    With ``runner`` (an :class:`~sagaz.core.InProcessRunner`) the worker runs embedded
+    in an application: claimed sagas are submitted to that runner, and stopping the
+    worker only stops claiming; waiting for, cancelling and releasing the sagas it
+    submitted is left to the runner's owner (the application's shutdown). This is
+    :class:`~sagaz.core.recovery.RecoverySweep`.
     """
 
     def __init__(
@@ -71,6 +78,7 @@ class SagaWorker:
         saga_names: Sequence[str] | None = None,
         relay: OutboxRelay | None = None,
         saga_registry: SagaRegistry | None = None,
+        runner: InProcessRunner | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -83,8 +91,10 @@ class SagaWorker:
         self.registry = saga_registry or registry
         self._names = list(saga_names) if saga_names is not None else None
         self.relay = relay
+        self.runner = runner
         self.stats = WorkerStats()
         self._stop = asyncio.Event()
+        self._first_claim = asyncio.Event()
         self._running: dict[asyncio.Task[SagaResult], str] = {}
         self._reported_unknown: set[str] = set()
 
@@ -92,6 +102,10 @@ class SagaWorker:
     def saga_names(self) -> list[str]:
         """The saga names this worker claims."""
         return self._names if self._names is not None else self.registry.names
+
+    async def first_claim(self) -> None:
+        """Wait until the worker's first claim has been tried (or the worker stopped)."""
+        await self._first_claim.wait()
 
     def stop(self) -> None:
         """Ask the worker to stop (safe from a signal handler on the loop)."""
@@ -110,8 +124,13 @@ class SagaWorker:
             ", ".join(self.saga_names) or "(none registered)",
             self.concurrency,
         )
+        # Embedded, each saga renews its lease while it runs on the runner (the engine
+        # holds leases during a run): an idle sweep then writes nothing.
+        leases: contextlib.AbstractAsyncContextManager[None] = (
+            storage.holding_leases() if self.runner is None else contextlib.nullcontext()
+        )
         try:
-            async with storage.holding_leases():
+            async with leases:
                 await self._report_unknown()
                 failures = 0
                 while not self._stop.is_set():
@@ -129,12 +148,15 @@ class SagaWorker:
                             delay,
                             exc,
                         )
+                        self._first_claim.set()
                         await self._idle(delay)
                         continue
+                    self._first_claim.set()
                     failures = 0
                     if not claimed:
                         await self._idle()
         finally:
+            self._first_claim.set()
             await self._drain()
             if relay_task is not None:
                 self._stop.set()
@@ -151,10 +173,27 @@ class SagaWorker:
         records = await self.config.storage.claim_runnable(free, names)
         for record in records:
             self.stats.claimed += 1
-            task = asyncio.create_task(self._run_one(record), name=f"sagaz:{record.saga_id}")
+            if self.runner is not None:
+                task = self._submit(self.runner, record)
+                if task is None:
+                    continue
+            else:
+                task = asyncio.create_task(self._run_one(record), name=f"sagaz:{record.saga_id}")
             self._running[task] = record.saga_id
             task.add_done_callback(self._finished)
         return len(records)
+
+    def _submit(
+        self, runner: InProcessRunner, record: SagaRecord
+    ) -> asyncio.Task[SagaResult] | None:
+        try:
+            saga = self.registry.create(record.saga_name, self.config)
+        except Exception:
+            self.stats.crashed += 1
+            logger.exception("sagaz: cannot build saga %r to run it", record.saga_name)
+            self.config.storage.release_lease_later(record.saga_id)
+            return None
+        return runner.submit_claimed(saga, record)
 
     async def _run_one(self, record: SagaRecord) -> SagaResult:
         saga = self.registry.create(record.saga_name, self.config)
@@ -178,6 +217,8 @@ class SagaWorker:
             logger.warning("sagaz worker lost the lease of saga %s: %s", saga_id, exc)
         else:
             self.stats.crashed += 1
+            if self.runner is not None:
+                return  # the runner logs it
             logger.error(
                 "sagaz worker: saga %s stopped on an error; it stays recorded and is "
                 "resumed after its lease expires",
@@ -219,6 +260,10 @@ class SagaWorker:
                 )
 
     async def _drain(self) -> None:
+        if self.runner is not None:
+            # Embedded: the sagas run on the application's runner, and other sagas of this
+            # process hold leases too; the application's shutdown ends and releases them.
+            return
         running = list(self._running)
         if running:
             _, pending = await asyncio.wait(running, timeout=self.grace_period)

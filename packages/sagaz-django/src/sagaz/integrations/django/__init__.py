@@ -10,7 +10,9 @@ sagas in your apps' ``sagas.py``, and start them inside your transactions::
         order = Order.objects.create(...)
         atomic_saga_start(OrderSaga, {"order_id": order.pk})
 
-Names are imported lazily, so importing this package does not need Django set up.
+Read a saga from your views with :func:`load_saga` / :func:`saga_diagram` (async:
+``aload_saga`` / ``asaga_diagram``). Names are imported lazily, so importing this package
+does not need Django set up.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sagaz.integrations.django._version import __version__
 
 if TYPE_CHECKING:
     from sagaz.integrations.django.conf import SagazSettings, get_settings
+    from sagaz.integrations.django.lookup import aload_saga, asaga_diagram, load_saga, saga_diagram
     from sagaz.integrations.django.middleware import SagaContextMiddleware
     from sagaz.integrations.django.runtime import get_config, get_service
     from sagaz.integrations.django.storage import DjangoSagaStorage
@@ -31,20 +34,28 @@ __all__ = [
     "SagaContextMiddleware",
     "SagazSettings",
     "__version__",
+    "aload_saga",
+    "asaga_diagram",
     "atomic_saga_start",
     "get_config",
     "get_service",
     "get_settings",
+    "load_saga",
+    "saga_diagram",
 ]
 
 _LAZY = {
     "DjangoSagaStorage": "sagaz.integrations.django.storage",
     "SagaContextMiddleware": "sagaz.integrations.django.middleware",
     "SagazSettings": "sagaz.integrations.django.conf",
+    "aload_saga": "sagaz.integrations.django.lookup",
+    "asaga_diagram": "sagaz.integrations.django.lookup",
     "atomic_saga_start": "sagaz.integrations.django.transactions",
     "get_config": "sagaz.integrations.django.runtime",
     "get_service": "sagaz.integrations.django.runtime",
     "get_settings": "sagaz.integrations.django.conf",
+    "load_saga": "sagaz.integrations.django.lookup",
+    "saga_diagram": "sagaz.integrations.django.lookup",
 }
 
 

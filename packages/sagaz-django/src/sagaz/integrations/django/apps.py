@@ -15,8 +15,13 @@ class SagazConfig(AppConfig):
 
     When ready it imports every installed app's ``sagas.py`` (as the admin does for
     ``admin.py``) and the modules of ``SAGAZ["SAGA_MODULES"]``, so their sagas are
-    registered in every process (web servers, ``sagaz_worker``), and makes the
-    Django-database-backed config the process-wide Sagaz config.
+    registered in every process (web servers, ``sagaz_worker``), makes the
+    Django-database-backed config the process-wide Sagaz config, and puts SQLite
+    connections to the saga database in WAL mode with a busy timeout
+    (:mod:`sagaz.integrations.django.sqlite`). With ``SAGAZ["RUN_IN_PROCESS"]`` on, the
+    first request each process serves starts its recovery sweep
+    (:func:`sagaz.integrations.django.runtime.start_recovery`; no database query
+    happens in ``ready()``, and management commands start none).
     """
 
     name = "sagaz.integrations.django"
@@ -26,8 +31,18 @@ class SagazConfig(AppConfig):
 
     def ready(self) -> None:
         """Register the checks, discover saga modules, configure Sagaz."""
-        from sagaz.integrations.django import checks, conf, runtime
+        from django.core.signals import request_started
+        from django.db.backends.signals import connection_created
 
+        from sagaz.integrations.django import checks, conf, runtime, sqlite
+
+        # WAL + busy timeout on SQLite connections to SAGAZ["DATABASE"] (see sqlite.py).
+        connection_created.connect(
+            sqlite.configure_sqlite_connection, dispatch_uid="sagaz.sqlite.configure"
+        )
+        request_started.connect(
+            runtime._start_recovery_on_request, dispatch_uid="sagaz.recovery.start"
+        )
         conf.reset_settings()
         try:
             values = conf.get_settings()

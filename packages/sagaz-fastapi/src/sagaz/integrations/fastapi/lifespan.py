@@ -1,9 +1,11 @@
 """The application lifespan: storage, the in-process runner, recovery and per-app config.
 
 ``FastAPI(lifespan=create_lifespan(config))`` opens the config's storage on start-up,
-resumes this application's unfinished sagas, and on shutdown waits a bounded grace period
-for running sagas, cancels the rest (they stay recorded and resume at the next start-up)
-and closes the storage. The config lives on ``app.state``, so several applications in
+starts the recovery sweep (:class:`sagaz.core.RecoverySweep`: resumes this application's
+unfinished sagas at once and, every half lease, those a crashed process left leased),
+and on shutdown stops the sweep, waits a bounded grace period for running sagas,
+cancels the rest (they stay recorded and resume at the next start-up) and closes the
+storage. The config lives on ``app.state``, so several applications in
 one process each keep their own; :func:`get_config` reads it through the request.
 """
 
@@ -19,8 +21,9 @@ from typing import Any, TypeVar, overload
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 
-from sagaz.core import SagaConfig, get_runner, recover_unfinished
+from sagaz.core import SagaConfig, get_runner
 from sagaz.core import get_config as get_default_config
+from sagaz.core.recovery import DEFAULT_RECOVERY_CONCURRENCY, RecoverySweep
 
 __all__ = [
     "DEFAULT_SHUTDOWN_GRACE",
@@ -133,6 +136,8 @@ def create_lifespan(
     lifespan: None = None,
     recover: bool = True,
     recover_limit: int = 1000,
+    recover_interval: float | None = None,
+    recover_concurrency: int = DEFAULT_RECOVERY_CONCURRENCY,
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
 ) -> Callable[[Starlette], AbstractAsyncContextManager[None]]: ...
 
@@ -144,6 +149,8 @@ def create_lifespan(
     lifespan: Callable[[_App], AbstractAsyncContextManager[None]],
     recover: bool = True,
     recover_limit: int = 1000,
+    recover_interval: float | None = None,
+    recover_concurrency: int = DEFAULT_RECOVERY_CONCURRENCY,
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
 ) -> Callable[[_App], AbstractAsyncContextManager[None]]: ...
 
@@ -155,6 +162,8 @@ def create_lifespan(
     lifespan: Callable[[_App], AbstractAsyncContextManager[Mapping[str, Any]]],
     recover: bool = True,
     recover_limit: int = 1000,
+    recover_interval: float | None = None,
+    recover_concurrency: int = DEFAULT_RECOVERY_CONCURRENCY,
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
 ) -> Callable[[_App], AbstractAsyncContextManager[Mapping[str, Any]]]: ...
 
@@ -165,6 +174,8 @@ def create_lifespan(
     lifespan: Callable[[Any], AbstractAsyncContextManager[Any]] | None = None,
     recover: bool = True,
     recover_limit: int = 1000,
+    recover_interval: float | None = None,
+    recover_concurrency: int = DEFAULT_RECOVERY_CONCURRENCY,
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
 ) -> Callable[[Any], AbstractAsyncContextManager[Any]]:
     """Create the lifespan of a FastAPI (or Starlette) application that uses Sagaz.
@@ -176,20 +187,34 @@ def create_lifespan(
     On start-up it stores ``config`` (default: the process-wide
     :func:`sagaz.core.get_config`) on ``app.state``, opens its storage, enters the
     application's own ``lifespan`` (if given; what it yields is passed on as the lifespan
-    state), then, with ``recover=True``, resumes the unfinished sagas of this storage
-    (at most ``recover_limit``) on this event loop's runner, unless another running
-    application of this process uses the same storage object. Recovery is for an
-    application that is the only process on its storage: with several workers on one
-    database pass ``recover=False`` and run ``sagaz worker``.
+    state), then, with ``recover=True``, starts the recovery sweep on this event loop
+    (unless another running application of this process uses the same storage object
+    and sweeps it already): a :class:`sagaz.core.RecoverySweep` that claims, at
+    start-up (before the application serves) and then every ``recover_interval``
+    seconds (default: half the storage's ``lease_seconds``), the runnable sagas whose
+    definitions are registered here, including those a crashed process left leased
+    once their lease expires, and runs them on this loop's runner, at most
+    ``recover_concurrency`` at a time. Sagas leased by another live process are never
+    touched, so several processes on one database may each sweep; pass
+    ``recover=False`` when the application leaves its sagas to ``sagaz worker``.
+    ``recover_limit`` is kept for compatibility and no longer used (the sweep claims in
+    batches of at most ``recover_concurrency``).
 
-    On shutdown it waits up to ``shutdown_grace`` seconds for running sagas, cancels the
-    rest (they stay recorded as RUNNING or PENDING and resume at the next start-up),
-    leaves the application's own lifespan, and closes the storage.
+    On shutdown it stops the sweep, waits up to ``shutdown_grace`` seconds for running
+    sagas, cancels the rest (they stay recorded as RUNNING or PENDING and resume at the
+    next start-up), leaves the application's own lifespan, and closes the storage.
     """
     if shutdown_grace < 0:
         raise ValueError(f"shutdown_grace must be >= 0 seconds, got {shutdown_grace!r}")
     if recover_limit < 1:
         raise ValueError(f"recover_limit must be >= 1, got {recover_limit!r}")
+    if recover_concurrency < 1:
+        raise ValueError(f"recover_concurrency must be >= 1, got {recover_concurrency!r}")
+    if recover_interval is not None and not recover_interval > 0:
+        raise ValueError(
+            f"recover_interval must be > 0 seconds, got {recover_interval!r}; pass None "
+            "for the default (half the storage's lease_seconds)"
+        )
 
     @asynccontextmanager
     async def sagaz_lifespan(app: Any) -> AsyncIterator[Any]:
@@ -210,9 +235,15 @@ def create_lifespan(
             # An application already running on this storage has recovered it (and may be
             # running those sagas now): recovering again would run them twice.
             if recover and not shared:
-                resumed = await recover_unfinished(cfg, limit=recover_limit)
-                if resumed:
-                    logger.info("sagaz: resuming %d unfinished saga(s)", len(resumed))
+                sweep = RecoverySweep(
+                    cfg, interval=recover_interval, concurrency=recover_concurrency
+                )
+                # Stopped before the runner drains (callbacks run last-in first-out), so
+                # it claims nothing more while the application shuts down.
+                stack.push_async_callback(sweep.stop)
+                await sweep.start()
+                if sweep.stats.claimed:
+                    logger.info("sagaz: resuming %d unfinished saga(s)", sweep.stats.claimed)
             yield state
 
     return sagaz_lifespan

@@ -17,7 +17,9 @@ into the engine runs on the process's one background event loop
 (:mod:`sagaz.core.portal`), created lazily and again in each forked worker, never per
 request. Sagas started without waiting keep running on that loop after the request
 has returned; :meth:`SagaFlask.close` (and process exit) waits for them, bounded by
-``SAGAZ_SHUTDOWN_TIMEOUT``.
+``SAGAZ_SHUTDOWN_TIMEOUT``. With ``SAGAZ_RUN_IN_PROCESS`` on, a recovery sweep on that
+loop (:meth:`SagaFlask.start_recovery`, or the first request of each process) resumes
+sagas that a crashed process left unfinished.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from sagaz.core import (
 )
 from sagaz.core.portal import run_sync as portal_run_sync
 from sagaz.core.portal import shutdown_portal
+from sagaz.core.recovery import RecoverySweep
 from sagaz.core.runner import get_runner
 from sagaz.core.web import WebhookService, WebResponse, error_response
 from sagaz.integrations.flask.settings import (
@@ -139,6 +142,8 @@ class SagaFlaskState:
         self.blueprints: list[Blueprint] = []
         self.closed = False
         self._used_in_pid: int | None = None
+        self._sweep: RecoverySweep | None = None
+        self._sweep_pid: int | None = None
 
     def __repr__(self) -> str:
         return f"<SagaFlaskState app={self.app_name!r} config={self.config!r}>"
@@ -170,16 +175,55 @@ class SagaFlaskState:
                 values.update(extra)
         if correlation_id is not None:
             values["correlation_id"] = correlation_id
+        self._mark_used()
+        self.start_recovery()
+        bound: Callable[[], Awaitable[_T]] = functools.partial(func, *args, **kwargs)
+        return cast(_T, portal_run_sync(_in_scope, values, bound))
+
+    def _mark_used(self) -> None:
         self._used_in_pid = os.getpid()
         if self.closed:
             self.closed = False
             _live_states.add(self)
-        bound: Callable[[], Awaitable[_T]] = functools.partial(func, *args, **kwargs)
-        return cast(_T, portal_run_sync(_in_scope, values, bound))
+
+    # -- the recovery sweep ------------------------------------------------------------
+
+    @property
+    def recovery_sweep(self) -> RecoverySweep | None:
+        """The app's :class:`~sagaz.core.RecoverySweep` in this process, if started."""
+        return self._sweep if self._sweep_pid == os.getpid() else None
+
+    def start_recovery(self) -> bool:
+        """Start the app's recovery sweep in this process unless it runs already.
+
+        With ``SAGAZ_RUN_IN_PROCESS`` on (the default), a sweep on the background loop
+        resumes this app's unfinished sagas, including those a crashed process left
+        leased once their lease expires, at start and every half lease. Returns
+        whether a sweep runs (False with ``SAGAZ_RUN_IN_PROCESS`` off: a ``sagaz
+        worker`` runs the sagas).
+        """
+        if not self.settings.run_in_process:
+            return False
+        pid = os.getpid()
+        if self._sweep_pid == pid:
+            return True
+        self._sweep_pid = pid
+        self._mark_used()
+        sweep = self._sweep = RecoverySweep(self.config, saga_registry=self.service.registry)
+        portal_run_sync(sweep.start)
+        return True
+
+    async def _stop_sweep(self) -> None:
+        sweep, self._sweep = self._sweep, None
+        self._sweep_pid = None
+        if sweep is not None:
+            await sweep.stop()
 
     def reset_after_fork(self) -> None:
         """In a forked child: forget the parent's connections (run by an at-fork hook)."""
         self._used_in_pid = None
+        self._sweep = None  # its task ran on the parent's loop, which is not here
+        self._sweep_pid = None
         storage = self.config.storage
         if not storage.is_open:
             return
@@ -206,10 +250,13 @@ class SagaFlaskState:
         if self._used_in_pid == os.getpid():
             portal_run_sync(self._drain_and_close, timeout, cancel_remaining)
         self._used_in_pid = None
+        self._sweep = None
+        self._sweep_pid = None
         self.closed = True
         _live_states.discard(self)
 
     async def _drain_and_close(self, wait: float, cancel_remaining: bool) -> None:
+        await self._stop_sweep()  # claims nothing more while the app closes
         runner = get_runner()
         if len(runner):
             try:
@@ -226,6 +273,9 @@ class SagaFlaskState:
                 )
                 if cancel_remaining:
                     await runner.shutdown()
+                    # Let the next start-up (or a worker) resume them at once.
+                    with contextlib.suppress(Exception):
+                        await self.config.storage.release_leases()
         await self.config.storage.close()
 
 
@@ -423,9 +473,26 @@ class SagaFlask:
         """The current app's :class:`~sagaz.core.SagaConfig`."""
         return self.state().config
 
+    def start_recovery(self, app: Flask | None = None) -> bool:
+        """Start the app's recovery sweep in this process now; return whether one runs.
+
+        The sweep (:class:`sagaz.core.RecoverySweep`, on the background loop) resumes
+        the app's unfinished sagas, including those a crashed process left leased once
+        their lease expires, at start and every half ``SAGAZ_LEASE_SECONDS``. It starts
+        by itself on the first request (or first use of the extension) in each
+        process; call this at start-up (the app factory, or gunicorn's
+        ``post_worker_init``) so a restarted process resumes its sagas before any
+        request. Off (returns False) with ``SAGAZ_RUN_IN_PROCESS`` false, where ``sagaz
+        worker`` runs the sagas. :meth:`close` stops it.
+        """
+        return self.state(app).start_recovery()
+
     # -- request hooks -------------------------------------------------------------
 
     def _before_request(self) -> BaseResponse | None:
+        state = current_app.extensions.get(EXTENSION_KEY)
+        if isinstance(state, SagaFlaskState) and state._sweep_pid != os.getpid():
+            state.start_recovery()  # once per process: the first request of a worker
         correlation_id = correlation_id_from_header(request.headers.get(CORRELATION_ID_HEADER))
         g.correlation_id = correlation_id
         g.sagaz_context = {"correlation_id": correlation_id}
