@@ -388,9 +388,7 @@ def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check; bandit over packages/*/src; pip-audit of the
     dependencies (see _pip_audit for when its vulnerability service is unreachable)."""
     session.install(RUFF, BANDIT, PIP_AUDIT)
-    paths = _existing(
-        "packages", "bench", "examples", "scripts", "tests/repo", ".github", "noxfile.py"
-    )
+    paths = _existing("packages", "bench", "examples", "scripts", "tests", ".github", "noxfile.py")
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
     sources = [str(p.relative_to(ROOT)) for p in sorted(PACKAGES.glob("*/src"))]
