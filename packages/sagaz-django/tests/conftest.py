@@ -64,6 +64,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _start(kind: str, django_db_blocker: Any, **env: str) -> Iterator[str]:
+    """Serve the test project; module-scoped, so its in-process recovery sweep is gone
+    before other modules record sagas in the same database on purpose."""
     port = free_port()
     with django_db_blocker.unblock():
         environment = subprocess_env(**env)
@@ -113,13 +115,13 @@ def _start(kind: str, django_db_blocker: Any, **env: str) -> Iterator[str]:
             print(f"--- {kind} output ---\n{output[-5000:]}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def gunicorn_server(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
     """Base URL of the test project behind gunicorn (WSGI, 2 workers x 8 threads)."""
     yield from _start("gunicorn", django_db_blocker)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def uvicorn_server(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
     """Base URL of the test project behind uvicorn (ASGI: the async views)."""
     yield from _start("uvicorn", django_db_blocker)
@@ -138,8 +140,11 @@ async def _drain_runner() -> None:
 def _in_process_sagas_finish_before_teardown() -> Iterator[None]:
     """Sagas a sync view started run on the portal loop after the response: let them
     finish before the test's database is flushed (a TRUNCATE racing a saga's write
-    deadlocks on PostgreSQL)."""
+    deadlocks on PostgreSQL). The recovery sweep a test's first request started stops
+    too, so it does not claim the sagas a later test records on purpose."""
     yield
     from sagaz.core.portal import run_sync
+    from sagaz.integrations.django.runtime import stop_recovery
 
+    stop_recovery()
     run_sync(_drain_runner)
