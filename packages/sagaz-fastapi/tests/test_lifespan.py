@@ -131,8 +131,8 @@ def test_the_apps_lifespan_state_is_passed_on() -> None:
 def test_invalid_arguments() -> None:
     with pytest.raises(ValueError, match="shutdown_grace"):
         create_lifespan(shutdown_grace=-1)
-    with pytest.raises(ValueError, match="recover_limit"):
-        create_lifespan(recover_limit=0)
+    with pytest.raises(ValueError, match="recover_concurrency"):
+        create_lifespan(recover_concurrency=0)
 
 
 class FailingStorage(InMemorySagaStorage):

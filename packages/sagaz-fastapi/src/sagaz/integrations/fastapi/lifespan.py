@@ -135,7 +135,6 @@ def create_lifespan(
     *,
     lifespan: None = None,
     recover: bool = True,
-    recover_limit: int = 1000,
     recover_interval: float | None = None,
     recover_concurrency: int = DEFAULT_RECOVERY_CONCURRENCY,
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
@@ -148,7 +147,6 @@ def create_lifespan(
     *,
     lifespan: Callable[[_App], AbstractAsyncContextManager[None]],
     recover: bool = True,
-    recover_limit: int = 1000,
     recover_interval: float | None = None,
     recover_concurrency: int = DEFAULT_RECOVERY_CONCURRENCY,
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
@@ -161,7 +159,6 @@ def create_lifespan(
     *,
     lifespan: Callable[[_App], AbstractAsyncContextManager[Mapping[str, Any]]],
     recover: bool = True,
-    recover_limit: int = 1000,
     recover_interval: float | None = None,
     recover_concurrency: int = DEFAULT_RECOVERY_CONCURRENCY,
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
@@ -173,7 +170,6 @@ def create_lifespan(
     *,
     lifespan: Callable[[Any], AbstractAsyncContextManager[Any]] | None = None,
     recover: bool = True,
-    recover_limit: int = 1000,
     recover_interval: float | None = None,
     recover_concurrency: int = DEFAULT_RECOVERY_CONCURRENCY,
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
@@ -197,8 +193,6 @@ def create_lifespan(
     ``recover_concurrency`` at a time. Sagas leased by another live process are never
     touched, so several processes on one database may each sweep; pass
     ``recover=False`` when the application leaves its sagas to ``sagaz worker``.
-    ``recover_limit`` is kept for compatibility and no longer used (the sweep claims in
-    batches of at most ``recover_concurrency``).
 
     On shutdown it stops the sweep, waits up to ``shutdown_grace`` seconds for running
     sagas, cancels the rest (they stay recorded as RUNNING or PENDING and resume at the
@@ -206,8 +200,6 @@ def create_lifespan(
     """
     if shutdown_grace < 0:
         raise ValueError(f"shutdown_grace must be >= 0 seconds, got {shutdown_grace!r}")
-    if recover_limit < 1:
-        raise ValueError(f"recover_limit must be >= 1, got {recover_limit!r}")
     if recover_concurrency < 1:
         raise ValueError(f"recover_concurrency must be >= 1, got {recover_concurrency!r}")
     if recover_interval is not None and not recover_interval > 0:
