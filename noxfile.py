@@ -69,6 +69,7 @@ FAIL_UNDER = 90  # branch coverage, per distribution (DESIGN section 5)
 #              Pythons spread over the plugins so that every Python runs some plugin's tests;
 #              SAGAZ_FULL_MATRIX=1 (the GitHub workflow) runs every Python listed in "python".
 #              tests/repo checks the classifiers of each pyproject against this matrix.
+#              "default_test_envs" (optional) replaces "test_envs" in the default run only.
 #   companions requirements added to the "lowest" pins (same name: they replace the pin) so that
 #              an old framework release imports and its test client works; a PEP 508 marker
 #              limits one to some Pythons
@@ -110,8 +111,18 @@ PLUGINS: dict[str, dict[str, Any]] = {
         # Django 6.x needs Python >= 3.12.
         "versions": {
             "lowest": {"python": ["3.11", "3.12"], "default": ["3.11"]},
-            "5.2": {"python": ["3.11", "3.12", "3.13"], "default": ["3.11"]},
-            "6.0": {"python": ["3.12", "3.13"], "default": ["3.12"]},
+            # The default run tests PostgreSQL with the lowest and the newest Django; the
+            # versions in between on SQLite only (the full matrix runs both everywhere).
+            "5.2": {
+                "python": ["3.11", "3.12", "3.13"],
+                "default": ["3.11"],
+                "default_test_envs": [{"SAGAZ_TEST_DB": "sqlite"}],
+            },
+            "6.0": {
+                "python": ["3.12", "3.13"],
+                "default": ["3.12"],
+                "default_test_envs": [{"SAGAZ_TEST_DB": "sqlite"}],
+            },
             "latest": {"python": ["3.12", "3.13"], "default": ["3.13"]},
         },
         "deps": ["pytest-django", "gunicorn", "uvicorn", "httpx"],
@@ -320,15 +331,27 @@ def _plugin_session(key: str, plugin: dict[str, Any]) -> str | None:
             for python in matrix_pythons(spec):
                 if python in PYTHONS:
                     version, pins = version_pins(plugin, label, python)
-                    params.append(nox.param(python, version, pins, id=f"{python}-{key}-{version}"))
+                    envs = plugin.get("test_envs")
+                    if not FULL_MATRIX:
+                        envs = spec.get("default_test_envs", envs)
+                    params.append(
+                        nox.param(python, version, pins, envs, id=f"{python}-{key}-{version}")
+                    )
     except MatrixError as error:
         # Keep `nox -l` working; the session says what to fix.
         problem = str(error)
-        params = [nox.param(DEFAULT_PYTHON, "invalid", [], id=f"{DEFAULT_PYTHON}-{key}-invalid")]
+        params = [
+            nox.param(DEFAULT_PYTHON, "invalid", [], None, id=f"{DEFAULT_PYTHON}-{key}-invalid")
+        ]
     if not params:
         return None  # none of its Pythons is here
 
-    def session_func(session: nox.Session, version: str, pins: list[str]) -> None:
+    def session_func(
+        session: nox.Session,
+        version: str,
+        pins: list[str],
+        envs: list[dict[str, str]] | None,
+    ) -> None:
         if problem:
             session.error(problem)
         # Core and plugin in ONE install (a plugin alone sends pip to the index for sagaz-core).
@@ -338,13 +361,13 @@ def _plugin_session(key: str, plugin: dict[str, Any]) -> str | None:
             f"{key}-{session.python}-{version}",
             f"{plugin['package']}/tests",
             install,
-            plugin.get("test_envs"),
+            envs,
         )
 
     session_func.__doc__ = f"{plugin['module']} against the core, per framework version."
     name = f"tests_{key}"
     nox.session(name=name, tags=["tests", key])(
-        nox.parametrize("python,version,pins", params)(session_func)
+        nox.parametrize("python,version,pins,envs", params)(session_func)
     )
     return name
 
