@@ -31,9 +31,10 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from sagaz.core.config import SagaConfig, get_config
+from sagaz.core.context import is_valid_correlation_id
 from sagaz.core.diagrams import to_mermaid
 from sagaz.core.errors import (
     ContextNotSerializableError,
@@ -56,9 +57,13 @@ from sagaz.core.signatures import (
 from sagaz.core.status import SagaStatus
 from sagaz.core.triggers import fire_event
 
+if TYPE_CHECKING:
+    from sagaz.core.saga import Saga
+
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_SIGNATURE_TOLERANCE",
+    "DIAGRAM_DIRECTIONS",
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
     "AuthorizeHook",
@@ -68,6 +73,7 @@ __all__ = [
     "check_authorization",
     "check_authorization_async",
     "error_response",
+    "saga_diagram_body",
     "sign_body",
     "signature_headers",
 ]
@@ -501,3 +507,56 @@ def _overall(records: list[SagaRecord]) -> tuple[str, str]:
     if SagaStatus.COMPENSATED in states:
         return "compensated", "A saga failed and was rolled back."
     return "completed", "Every saga started by this event completed."
+
+
+#: The flowchart directions Mermaid knows (``to_mermaid(direction=...)``).
+DIAGRAM_DIRECTIONS = ("TD", "TB", "BT", "LR", "RL")
+
+
+async def saga_diagram_body(
+    saga: Saga,
+    saga_id: str | None = None,
+    *,
+    direction: str = "TD",
+    extra: Mapping[str, Any] | None = None,
+) -> WebResponse:
+    """The JSON answer of a plugin's diagram helper for a bound ``saga`` (one for all plugins).
+
+    Reads the execution ``saga_id`` (if given) from ``saga.config.storage``; never raises
+    for a bad id, an execution of another saga, a bad ``direction`` or a storage that
+    does not answer: those are 404, 404, 400 and 503 error bodies.
+    """
+    if direction not in DIAGRAM_DIRECTIONS:
+        return error_response(
+            400,
+            "invalid_direction",
+            f"direction must be one of {', '.join(DIAGRAM_DIRECTIONS)}; got {direction!r}",
+        )
+    record: SagaRecord | None = None
+    if saga_id is not None:
+        if is_valid_correlation_id(saga_id):  # the same safe-name rule as saga ids
+            storage = saga.config.storage
+            try:
+                await storage.ensure_open()
+                record = await storage.load(saga_id)
+            except (StorageError, OSError) as exc:
+                # The storage's message may name files or hosts: it goes to the log only.
+                logger.warning("sagaz: storage unavailable while drawing a saga: %s", exc)
+                return error_response(
+                    503, "storage_unavailable", "the saga storage is unavailable; retry later"
+                )
+        if record is None:
+            shown = saga_id if is_valid_correlation_id(saga_id) else "(invalid id)"
+            return error_response(404, "not_found", f"no saga with id {shown!r}")
+        if record.saga_name != saga.name:
+            return error_response(
+                404,
+                "not_found",
+                f"saga {saga_id!r} is a {record.saga_name!r}, not a {saga.name!r}",
+            )
+    body: dict[str, Any] = {**(extra or {}), "saga_name": saga.name, "direction": direction}
+    if record is not None:
+        body["saga_id"] = record.saga_id
+        body["state"] = record.status.value
+    body["mermaid"] = to_mermaid(saga, record, direction=direction)
+    return WebResponse(200, body)

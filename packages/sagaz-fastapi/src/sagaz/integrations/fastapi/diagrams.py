@@ -16,25 +16,19 @@ direction, 503 when the storage does not answer. Every answer carries ``X-Correl
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 from fastapi.responses import JSONResponse
 from starlette.requests import HTTPConnection
 
-from sagaz.core import CORRELATION_ID_HEADER, Saga, SagaConfig, StorageError, to_mermaid
-from sagaz.core.context import is_valid_correlation_id
-from sagaz.core.records import SagaRecord
-from sagaz.core.web import WebResponse, error_response
+from sagaz.core import CORRELATION_ID_HEADER, Saga, SagaConfig
+from sagaz.core.web import saga_diagram_body
 from sagaz.integrations.fastapi.lifespan import get_config
 from sagaz.integrations.fastapi.middleware import get_correlation_id
 
 __all__ = ["saga_diagram_body", "saga_diagram_response"]
 
 logger = logging.getLogger("sagaz.fastapi")
-
-#: The flowchart directions Mermaid knows (``to_mermaid(direction=...)``).
-_DIRECTIONS = ("TD", "TB", "BT", "LR", "RL")
 
 
 def _bind(saga: Saga | type[Saga], config: SagaConfig) -> Saga:
@@ -50,55 +44,6 @@ def _bind(saga: Saga | type[Saga], config: SagaConfig) -> Saga:
             f"saga_diagram_response() needs a Saga subclass or instance, got {type(saga).__name__}"
         )
     return saga if saga.own_config is not None else saga.with_config(config)
-
-
-async def saga_diagram_body(
-    saga: Saga,
-    saga_id: str | None = None,
-    *,
-    direction: str = "TD",
-    extra: Mapping[str, Any] | None = None,
-) -> WebResponse:
-    """The framework-neutral answer of :func:`saga_diagram_response` for a bound ``saga``.
-
-    Reads the execution ``saga_id`` (if given) from ``saga.config.storage``; never raises
-    for a bad id, an execution of another saga, a bad ``direction`` or a storage that
-    does not answer: those are 404, 404, 400 and 503 error bodies.
-    """
-    if direction not in _DIRECTIONS:
-        return error_response(
-            400,
-            "invalid_direction",
-            f"direction must be one of {', '.join(_DIRECTIONS)}; got {direction!r}",
-        )
-    record: SagaRecord | None = None
-    if saga_id is not None:
-        if is_valid_correlation_id(saga_id):  # the same safe-name rule as saga ids
-            storage = saga.config.storage
-            try:
-                await storage.ensure_open()
-                record = await storage.load(saga_id)
-            except (StorageError, OSError) as exc:
-                # The storage's message may name files or hosts: it goes to the log only.
-                logger.warning("sagaz: storage unavailable while drawing a saga: %s", exc)
-                return error_response(
-                    503, "storage_unavailable", "the saga storage is unavailable; retry later"
-                )
-        if record is None:
-            shown = saga_id if is_valid_correlation_id(saga_id) else "(invalid id)"
-            return error_response(404, "not_found", f"no saga with id {shown!r}")
-        if record.saga_name != saga.name:
-            return error_response(
-                404,
-                "not_found",
-                f"saga {saga_id!r} is a {record.saga_name!r}, not a {saga.name!r}",
-            )
-    body: dict[str, Any] = {**(extra or {}), "saga_name": saga.name, "direction": direction}
-    if record is not None:
-        body["saga_id"] = record.saga_id
-        body["state"] = record.status.value
-    body["mermaid"] = to_mermaid(saga, record, direction=direction)
-    return WebResponse(200, body)
 
 
 async def saga_diagram_response(

@@ -18,8 +18,6 @@ from sagaz.core import (
     Saga,
     StorageError,
     correlation_id_from_header,
-    is_valid_correlation_id,
-    to_mermaid,
 )
 from sagaz.core.web import (
     SIGNATURE_HEADER,
@@ -28,6 +26,7 @@ from sagaz.core.web import (
     WebResponse,
     check_authorization,
     error_response,
+    saga_diagram_body,
 )
 from sagaz.integrations.flask.extension import json_response
 
@@ -163,28 +162,4 @@ async def diagram_body(
     saga: Saga, saga_id: str | None, direction: str, extra: Mapping[str, Any]
 ) -> WebResponse:
     """The body of :meth:`SagaFlask.diagram_response` (runs on the background loop)."""
-    record = None
-    if saga_id is not None:
-        if is_valid_correlation_id(saga_id):  # the same safe-name rule as saga ids
-            storage = saga.config.storage
-            await storage.ensure_open()
-            record = await storage.load(saga_id)
-        if record is None:
-            shown = saga_id if is_valid_correlation_id(saga_id) else "(invalid id)"
-            return error_response(404, "not_found", f"no saga with id {shown!r}")
-        if record.saga_name != saga.name:
-            return error_response(
-                404,
-                "not_found",
-                f"saga {saga_id!r} is a {record.saga_name!r}, not a {saga.name!r}",
-            )
-    try:
-        mermaid = to_mermaid(saga, record, direction=direction)
-    except ValueError as exc:
-        return error_response(400, "invalid_direction", str(exc))
-    body: dict[str, Any] = {**extra, "saga_name": saga.name, "direction": direction}
-    if record is not None:
-        body["saga_id"] = record.saga_id
-        body["state"] = record.status.value
-    body["mermaid"] = mermaid
-    return WebResponse(200, body)
+    return await saga_diagram_body(saga, saga_id, direction=direction, extra=extra)
